@@ -1,0 +1,72 @@
+"""Vote aggregation: majority votes over every combination of k runs of a (model, template)."""
+
+
+import pandas as pd
+from dagster import AssetDep, AssetExecutionContext, MaterializeResult, MetadataValue, MultiToSingleDimensionPartitionMapping, asset
+
+from ..metrics import classification_metrics
+from ..partitions import DATASET_PARTITIONS
+from ..previews import markdown_preview
+from ..provenance import provenance_columns
+from ..resources import ExperimentResource, ResultsStoreResource
+from ..voting import majority_vote, run_combinations, vote_sizes
+from .prompted import PREDICTIONS_TABLE, predictions_matrix, prompt_predictions
+
+VOTE_METRICS_TABLE = "vote_metrics"
+
+
+def vote_metrics_rows(frame: pd.DataFrame, n_classes: int) -> list[dict[str, object]]:
+    """Metrics of the majority vote of each combination of k runs, for each k in 2..n-1."""
+    run_ids, predictions, labels = predictions_matrix(frame)
+    position = {run: i for i, run in enumerate(run_ids)}
+    rows = []
+    for k in vote_sizes(len(run_ids)):
+        for combination in run_combinations(run_ids, k):
+            voted = majority_vote(predictions[[position[run] for run in combination]], n_classes)
+            metrics = classification_metrics(labels, voted, n_classes)
+            rows.append({"k": k, "runs": ",".join(map(str, combination)), **metrics.as_dict()})
+    return rows
+
+
+@asset(
+    partitions_def=DATASET_PARTITIONS,
+    deps=[AssetDep(prompt_predictions, partition_mapping=MultiToSingleDimensionPartitionMapping("dataset"))],
+    group_name="prompted",
+    kinds={"duckdb", "parquet"},
+)
+def vote_aggregates(
+    context: AssetExecutionContext, experiment: ExperimentResource, results: ResultsStoreResource
+) -> MaterializeResult:
+    """One row per (dataset, model, template, method, k, combination of runs): the metrics of the
+    majority vote over those runs, ties going to the smallest label in sorted order."""
+    spec = experiment.load()
+    config = spec.dataset(context.partition_key)
+    store = results.store()
+    if not store.files(PREDICTIONS_TABLE):
+        predictions = pd.DataFrame()
+    else:
+        predictions = store.query(
+            "SELECT model, template, method, run, idx, label, prediction FROM prompt_predictions WHERE dataset = ?",
+            [config.id],
+        )
+    rows = []
+    for (model, template, method), group in (predictions.groupby(["model", "template", "method"]) if not predictions.empty else []):
+        for row in vote_metrics_rows(group, len(config.label_names)):
+            rows.append({"dataset": config.id, "model": model, "template": template, "method": method,
+                         "n_runs": int(group["run"].nunique()), **row})
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        provenance = provenance_columns({"tie_break": "smallest label index", "invalid_answers": "cast no vote"})
+        for column, value in provenance.items():
+            frame[column] = value
+    path = store.write(VOTE_METRICS_TABLE, context.partition_key, frame)
+    context.log.info("stored %d vote combinations for %s", len(frame), config.id)
+    by_k = frame.groupby("k")["macro_f1"].mean().round(4).to_dict() if not frame.empty else {}
+    return MaterializeResult(
+        metadata={
+            "rows": len(frame),
+            "mean_macro_f1_by_k": MetadataValue.json({str(k): v for k, v in by_k.items()}),
+            "path": MetadataValue.path(str(path)),
+            "preview": MetadataValue.md(markdown_preview(frame[["model", "template", "k", "runs", "macro_f1"]] if not frame.empty else frame)),
+        }
+    )

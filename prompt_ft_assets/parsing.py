@@ -1,0 +1,88 @@
+"""Parse a model's JSON answer into a rationale and a class index.
+
+The expected answer is `{"rationale": "...", "label": "<answer choice>"}`. Parsing never raises:
+an answer that cannot be mapped to exactly one answer choice is kept, marked invalid and given a
+reason, so that invalid answers are counted as wrong predictions instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from typing import Any
+
+INVALID_LABEL = -1
+
+# Reasons stored with every answer; "ok" is the only valid one.
+REASON_OK = "ok"
+REASON_EMPTY = "empty"
+REASON_TRUNCATED = "truncated_json"
+REASON_NOT_JSON = "not_json"
+REASON_NOT_OBJECT = "json_not_object"
+REASON_NO_LABEL = "missing_label_key"
+REASON_LABEL_NOT_STRING = "label_not_string"
+REASON_UNKNOWN_LABEL = "label_not_in_choices"
+
+_STRIP_CHARS = string.whitespace + string.punctuation + "\u201c\u201d\u2018\u2019"
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    rationale: str | None
+    label_text: str | None
+    label_index: int
+    valid: bool
+    reason: str
+    extra_keys: tuple[str, ...] = ()
+
+
+def normalize_label(text: str) -> str:
+    """Lowercase and strip surrounding white space, quotes and punctuation: ' "Yes." ' -> 'yes'."""
+    return text.strip(_STRIP_CHARS).lower()
+
+
+def _load_object(text: str) -> tuple[Any, str | None]:
+    """Return the decoded JSON value and None, or None and the reason it failed."""
+    stripped = text.strip()
+    if not stripped:
+        return None, REASON_EMPTY
+    try:
+        return json.loads(stripped), None
+    except json.JSONDecodeError:
+        pass
+    # Models often wrap the object in prose or a code fence: try the outermost braces.
+    start, end = stripped.find("{"), stripped.rfind("}")
+    if start != -1 and end > start:
+        try:
+            return json.loads(stripped[start : end + 1]), None
+        except json.JSONDecodeError:
+            pass
+    if start != -1 and end < start:
+        return None, REASON_TRUNCATED
+    return None, REASON_NOT_JSON
+
+
+def parse_answer(text: str, answer_choices: list[str]) -> ParsedAnswer:
+    """Map a raw model output to the index of one of the answer choices."""
+    value, failure = _load_object(text)
+    if failure is not None:
+        return ParsedAnswer(None, None, INVALID_LABEL, False, failure)
+    if not isinstance(value, dict):
+        return ParsedAnswer(None, None, INVALID_LABEL, False, REASON_NOT_OBJECT)
+
+    keys = {str(key).lower(): key for key in value}
+    rationale = value.get(keys["rationale"]) if "rationale" in keys else None
+    rationale_text = None if rationale is None else str(rationale)
+    extra = tuple(sorted(str(key) for key in value if str(key).lower() not in ("rationale", "label")))
+    if "label" not in keys:
+        return ParsedAnswer(rationale_text, None, INVALID_LABEL, False, REASON_NO_LABEL, extra)
+    label = value[keys["label"]]
+    if not isinstance(label, str):
+        return ParsedAnswer(rationale_text, json.dumps(label), INVALID_LABEL, False, REASON_LABEL_NOT_STRING, extra)
+
+    wanted = normalize_label(label)
+    matches = [index for index, choice in enumerate(answer_choices) if normalize_label(choice) == wanted]
+    if len(matches) != 1:
+        return ParsedAnswer(rationale_text, label, INVALID_LABEL, False, REASON_UNKNOWN_LABEL, extra)
+    return ParsedAnswer(rationale_text, label, matches[0], True, REASON_OK, extra)

@@ -1,0 +1,43 @@
+"""Dagster resources: the experiment spec and the results store.
+
+Unset fields are read from the environment when used, not when the definitions load, so that a
+process can point the same definitions at another spec or state folder (the CLI and tests do).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from .paths import default_experiment, results_root, views_database
+from .spec import ExperimentSpec, load_spec
+from .store import ResultsStore
+
+
+class ExperimentResource(ConfigurableResource):
+    """The experiment spec every asset reads."""
+
+    spec_path: str | None = Field(
+        default=None, description="Path of the spec YAML; PROMPT_FT_EXPERIMENT or experiments/quickstart.yaml when unset."
+    )
+
+    def load(self) -> ExperimentSpec:
+        return load_spec(self.spec_path or default_experiment())
+
+
+class ResultsStoreResource(ConfigurableResource):
+    """The Parquet results store and the DuckDB views database over it."""
+
+    root: str | None = Field(default=None, description="Folder with one subfolder per table; <state>/results when unset.")
+    views_database_path: str | None = Field(
+        default=None, description="DuckDB file with a view per table, for readers; <state>/results.duckdb when unset."
+    )
+
+    def store(self) -> ResultsStore:
+        return ResultsStore(self.root or results_root())
+
+    @property
+    def views_database(self) -> Path:
+        return Path(self.views_database_path) if self.views_database_path else views_database()

@@ -1,0 +1,118 @@
+"""Summary tables: mean +- std and median of stored per-run metrics, grouped by each study question.
+
+Tables only aggregate rows of prompt_run_metrics, vote_metrics and finetune_metrics; no metric is
+recomputed here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .metrics import format_mean_std
+
+SUMMARY_METRICS = ("macro_precision", "macro_recall", "macro_f1")
+FLAG_COLUMNS = ("flag_one_class", "flag_near_chance", "flag_high_invalid")
+
+# Each prompted table: its name, the research question it answers, and its grouping columns.
+PROMPTED_TABLES: dict[str, tuple[str, list[str]]] = {
+    "by_prompt_model": ("How does F1 vary by template for each model?", ["dataset", "method", "model", "template"]),
+    "by_prompt": ("Does the choice of template change F1, across models?", ["dataset", "method", "template"]),
+    "by_model": ("Which model is best, across templates?", ["dataset", "method", "model"]),
+    "by_family": ("Does the model family matter?", ["dataset", "method", "family"]),
+    "by_size": ("Does F1 grow with model size?", ["dataset", "method", "params_b"]),
+    "dense_vs_moe": ("Do mixture-of-experts models differ from dense ones?", ["dataset", "method", "is_moe"]),
+}
+QUESTIONS = {
+    **{name: question for name, (question, _) in PROMPTED_TABLES.items()},
+    "by_vote_k": "Does a majority vote over k runs beat a single run?",
+    "by_encoder": "How does F1 grow with encoder size?",
+    "comparison": "Does prompting the best model match finetuning an encoder?",
+}
+
+
+def summarize(frame: pd.DataFrame, by: list[str], metrics: tuple[str, ...] = SUMMARY_METRICS) -> pd.DataFrame:
+    """One row per group: n, each metric as 'mean +- std', its mean, std and median, and flag counts."""
+    if frame.empty:
+        return pd.DataFrame(columns=[*by, "n"])
+    rows = []
+    for keys, group in frame.groupby(by, dropna=False, sort=True):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        row: dict[str, object] = dict(zip(by, keys))
+        row["n"] = len(group)
+        for metric in metrics:
+            values = group[metric].to_numpy(dtype=float)
+            row[metric] = format_mean_std(values)
+            row[f"{metric}_mean"] = float(values.mean())
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+            row[f"{metric}_median"] = float(np.median(values))
+        if "invalid_rate" in group:
+            row["invalid_rate_mean"] = float(group["invalid_rate"].mean())
+        present = [flag for flag in FLAG_COLUMNS if flag in group]
+        if present:
+            flagged = group[present].any(axis=1)
+            row["flagged_runs"] = int(flagged.sum())
+            row["flags"] = ",".join(flag.removeprefix("flag_") for flag in present if group[flag].any())
+        if "model" in group and "model" not in by:
+            row["models"] = ",".join(sorted(group["model"].unique()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def vote_table(run_metrics: pd.DataFrame, vote_metrics: pd.DataFrame) -> pd.DataFrame:
+    """F1 by vote size k per model, with k = 1 taken from the single runs."""
+    single = run_metrics.assign(k=1)[["dataset", "method", "model", "template", "k", *SUMMARY_METRICS]]
+    frames = [single]
+    if not vote_metrics.empty:
+        frames.append(vote_metrics[["dataset", "method", "model", "template", "k", *SUMMARY_METRICS]])
+    return summarize(pd.concat(frames, ignore_index=True), ["dataset", "method", "model", "k"])
+
+
+def comparison_table(run_metrics: pd.DataFrame, finetune_metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each model's best template and its mean over templates, set against each encoder.
+
+    The best template is picked by mean F1 on the evaluation split, as the reference study does,
+    so the best-template column is an optimistic estimate for prompting.
+    """
+    if run_metrics.empty or finetune_metrics.empty:
+        return pd.DataFrame()
+    per_template = summarize(run_metrics, ["dataset", "method", "model", "template"])
+    per_model = summarize(run_metrics, ["dataset", "method", "model"])
+    encoders = summarize(finetune_metrics, ["dataset", "encoder", "params_m"])
+    rows = []
+    for _, model in per_model.iterrows():
+        templates = per_template[
+            (per_template["dataset"] == model["dataset"])
+            & (per_template["method"] == model["method"])
+            & (per_template["model"] == model["model"])
+        ]
+        best = templates.loc[templates["macro_f1_mean"].idxmax()]
+        for _, encoder in encoders[encoders["dataset"] == model["dataset"]].iterrows():
+            rows.append(
+                {
+                    "dataset": model["dataset"], "method": model["method"], "model": model["model"],
+                    "best_template": best["template"], "best_template_f1": best["macro_f1"],
+                    "best_template_f1_mean": best["macro_f1_mean"], "best_template_f1_std": best["macro_f1_std"],
+                    "mean_over_templates_f1": model["macro_f1"], "mean_over_templates_f1_mean": model["macro_f1_mean"],
+                    "mean_over_templates_f1_std": model["macro_f1_std"],
+                    "encoder": encoder["encoder"], "encoder_params_m": encoder["params_m"],
+                    "encoder_f1": encoder["macro_f1"], "encoder_f1_mean": encoder["macro_f1_mean"],
+                    "encoder_f1_std": encoder["macro_f1_std"],
+                    "encoder_minus_best_template": encoder["macro_f1_mean"] - best["macro_f1_mean"],
+                    "prompted_flagged_runs": model.get("flagged_runs", 0), "encoder_flagged_seeds": encoder.get("flagged_runs", 0),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def build_summary_tables(
+    run_metrics: pd.DataFrame, vote_metrics: pd.DataFrame, finetune_metrics: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """All summary tables, keyed by name."""
+    tables: dict[str, pd.DataFrame] = {}
+    for name, (_, by) in PROMPTED_TABLES.items():
+        tables[name] = summarize(run_metrics, by)
+    tables["by_vote_k"] = vote_table(run_metrics, vote_metrics) if not run_metrics.empty else pd.DataFrame()
+    tables["by_encoder"] = summarize(finetune_metrics, ["dataset", "encoder", "params_m"])
+    tables["comparison"] = comparison_table(run_metrics, finetune_metrics)
+    return tables
