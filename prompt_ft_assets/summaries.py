@@ -27,7 +27,9 @@ QUESTIONS = {
     **{name: question for name, (question, _) in PROMPTED_TABLES.items()},
     "by_vote_k": "Does a majority vote over k runs beat a single run?",
     "by_encoder": "How does F1 grow with encoder size?",
+    "by_train_size": "How does F1 grow with the number of training examples?",
     "comparison": "Does prompting the best model match finetuning an encoder?",
+    "cross_dataset": "Across datasets, how does the best prompted configuration compare with each encoder?",
 }
 
 
@@ -105,6 +107,60 @@ def comparison_table(run_metrics: pd.DataFrame, finetune_metrics: pd.DataFrame) 
     return pd.DataFrame(rows)
 
 
+def cross_dataset_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset: the best prompted (model, template) and each encoder's mean F1 beside it."""
+    if comparison.empty:
+        return pd.DataFrame()
+    rows = []
+    for dataset, group in comparison.groupby("dataset"):
+        best = group.loc[group["best_template_f1_mean"].idxmax()]
+        row = {
+            "dataset": dataset, "best_model": best["model"], "best_template": best["best_template"],
+            "method": best["method"], "best_prompted_f1": best["best_template_f1"],
+            "best_prompted_f1_mean": best["best_template_f1_mean"],
+        }
+        for _, encoder in group.drop_duplicates("encoder").iterrows():
+            row[f"{encoder['encoder']}_f1"] = encoder["encoder_f1"]
+            row[f"{encoder['encoder']}_minus_best_prompted"] = encoder["encoder_f1_mean"] - best["best_template_f1_mean"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def full_train_runs(finetune_metrics: pd.DataFrame) -> pd.DataFrame:
+    """The finetune runs that trained on the whole train pool (train_size null); all rows of older
+    tables without the column. Encoder-size tables use only these, so train sizes never mix."""
+    if finetune_metrics.empty or "train_size" not in finetune_metrics:
+        return finetune_metrics
+    return finetune_metrics[finetune_metrics["train_size"].isna()]
+
+
+# Grouping columns of the learning-curve table; x is train_examples, one line per (method, model).
+TRAIN_SIZE_COLUMNS = ["dataset", "method", "model", "family", "train_examples"]
+
+
+def train_size_table(finetune_metrics: pd.DataFrame, other_methods: pd.DataFrame | None = None) -> pd.DataFrame:
+    """F1 against the number of training examples, one group per (dataset, method, model, family, n).
+
+    Finetune rows get method 'finetune' and model = encoder. other_methods is where k-shot
+    prompting joins the same axis: rows with the TRAIN_SIZE_COLUMNS (train_examples = k, the
+    number of shots) and the summary metrics.
+    """
+    frames = []
+    if not finetune_metrics.empty:
+        # Rows stored before the method and family columns existed read them as missing.
+        finetuned = finetune_metrics.assign(
+            model=finetune_metrics["encoder"],
+            method=finetune_metrics.get("method", pd.Series(index=finetune_metrics.index, dtype=object)).fillna("finetune"),
+            family=finetune_metrics.get("family", pd.Series(index=finetune_metrics.index, dtype=object)).fillna(""),
+        )
+        frames.append(finetuned[[*TRAIN_SIZE_COLUMNS, *SUMMARY_METRICS, *(c for c in FLAG_COLUMNS if c in finetuned)]])
+    if other_methods is not None and not other_methods.empty:
+        frames.append(other_methods)
+    if not frames:
+        return pd.DataFrame(columns=[*TRAIN_SIZE_COLUMNS, "n"])
+    return summarize(pd.concat(frames, ignore_index=True), TRAIN_SIZE_COLUMNS)
+
+
 def build_summary_tables(
     run_metrics: pd.DataFrame, vote_metrics: pd.DataFrame, finetune_metrics: pd.DataFrame
 ) -> dict[str, pd.DataFrame]:
@@ -113,6 +169,9 @@ def build_summary_tables(
     for name, (_, by) in PROMPTED_TABLES.items():
         tables[name] = summarize(run_metrics, by)
     tables["by_vote_k"] = vote_table(run_metrics, vote_metrics) if not run_metrics.empty else pd.DataFrame()
-    tables["by_encoder"] = summarize(finetune_metrics, ["dataset", "encoder", "params_m"])
-    tables["comparison"] = comparison_table(run_metrics, finetune_metrics)
+    full_train = full_train_runs(finetune_metrics)
+    tables["by_encoder"] = summarize(full_train, ["dataset", "encoder", "params_m"])
+    tables["by_train_size"] = train_size_table(finetune_metrics)
+    tables["comparison"] = comparison_table(run_metrics, full_train)
+    tables["cross_dataset"] = cross_dataset_table(tables["comparison"])
     return tables

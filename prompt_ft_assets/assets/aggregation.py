@@ -1,10 +1,12 @@
 """Vote aggregation: majority votes over every combination of k runs of a (model, template)."""
 
 
+from dataclasses import fields
+
 import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, MaterializeResult, MetadataValue, MultiToSingleDimensionPartitionMapping, asset
 
-from ..metrics import classification_metrics
+from ..metrics import ClassificationMetrics, classification_metrics
 from ..partitions import DATASET_PARTITIONS
 from ..previews import markdown_preview
 from ..provenance import provenance_columns
@@ -13,6 +15,7 @@ from ..voting import majority_vote, run_combinations, vote_sizes
 from .prompted import PREDICTIONS_TABLE, predictions_matrix, prompt_predictions
 
 VOTE_METRICS_TABLE = "vote_metrics"
+VOTE_COLUMNS = ["dataset", "model", "template", "method", "n_runs", "k", "runs", *(f.name for f in fields(ClassificationMetrics))]
 
 
 def vote_metrics_rows(frame: pd.DataFrame, n_classes: int) -> list[dict[str, object]]:
@@ -54,7 +57,8 @@ def vote_aggregates(
         for row in vote_metrics_rows(group, len(config.label_names)):
             rows.append({"dataset": config.id, "model": model, "template": template, "method": method,
                          "n_runs": int(group["run"].nunique()), **row})
-    frame = pd.DataFrame(rows)
+    # With fewer than 3 runs there is no k in 2..n-1, and the partition stores an empty table.
+    frame = pd.DataFrame(rows, columns=VOTE_COLUMNS)
     if not frame.empty:
         provenance = provenance_columns({"tie_break": "smallest label index", "invalid_answers": "cast no vote"})
         for column, value in provenance.items():

@@ -4,16 +4,55 @@
 import json
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
+from ..dataset_quality import MIN_CLASS_SHARE, DatasetQuality, dataset_quality
 from ..datasets_io import load_dataset_frame
 from ..partitions import DATASET_PARTITIONS
 from ..previews import markdown_preview
 from ..resources import ExperimentResource, ResultsStoreResource
 from ..templates import check_answer_choices, load_promptsource_templates, render, select_templates
+from .partition_lock import exclusive_partition
 
 EXAMPLES_TABLE = "examples"
 TEMPLATES_TABLE = "prompt_templates"
+
+
+DATASET_CHECKS = [
+    AssetCheckSpec("no_empty_text", asset="dataset", description="No example has empty or whitespace-only text."),
+    AssetCheckSpec("labels_declared", asset="dataset", description="Every label is one of the spec's label_names."),
+    AssetCheckSpec("label_balance", asset="dataset", description=f"Each class has at least {MIN_CLASS_SHARE:.0%} of each split."),
+    AssetCheckSpec("no_conflicting_duplicates", asset="dataset", description="No text appears twice with different labels."),
+    AssetCheckSpec("no_split_overlap", asset="dataset", description="No evaluation text also appears in the train split."),
+]
+
+
+def quality_check_results(quality: DatasetQuality) -> list[AssetCheckResult]:
+    """Empty text and undeclared labels are errors; imbalance, duplicates and overlap are reported as warnings."""
+    return [
+        AssetCheckResult(check_name="no_empty_text", passed=quality.empty_texts == 0,
+                         metadata={"empty_texts": quality.empty_texts}),
+        AssetCheckResult(check_name="labels_declared", passed=quality.undeclared_labels == 0,
+                         metadata={"undeclared_labels": quality.undeclared_labels}),
+        AssetCheckResult(check_name="label_balance", severity=AssetCheckSeverity.WARN,
+                         passed=min(quality.min_class_share.values()) >= MIN_CLASS_SHARE,
+                         metadata={"min_class_share": MetadataValue.json(quality.min_class_share)}),
+        AssetCheckResult(check_name="no_conflicting_duplicates", severity=AssetCheckSeverity.WARN,
+                         passed=sum(quality.conflicting_duplicates.values()) == 0,
+                         metadata={"duplicated_texts": MetadataValue.json(quality.duplicated_texts),
+                                   "conflicting_duplicates": MetadataValue.json(quality.conflicting_duplicates)}),
+        AssetCheckResult(check_name="no_split_overlap", severity=AssetCheckSeverity.WARN,
+                         passed=quality.eval_texts_in_train == 0,
+                         metadata={"eval_texts_in_train": quality.eval_texts_in_train}),
+    ]
 
 
 def example_fields(row: pd.Series, text_fields: list[str]) -> dict[str, object]:
@@ -23,7 +62,8 @@ def example_fields(row: pd.Series, text_fields: list[str]) -> dict[str, object]:
     return fields
 
 
-@asset(partitions_def=DATASET_PARTITIONS, group_name="data", kinds={"duckdb", "parquet"})
+@asset(partitions_def=DATASET_PARTITIONS, group_name="data", kinds={"duckdb", "parquet"}, check_specs=DATASET_CHECKS)
+@exclusive_partition
 def dataset(context: AssetExecutionContext, experiment: ExperimentResource, results: ResultsStoreResource) -> MaterializeResult:
     """The train and evaluation splits, one row per example: dataset, split, idx, text fields, label.
 
@@ -38,7 +78,9 @@ def dataset(context: AssetExecutionContext, experiment: ExperimentResource, resu
     context.log.info("stored %d examples of %s in %s", len(frame), config.id, path)
     evaluation = frame[(frame["split"] == config.eval_split) & frame["in_sample"]]
     balance = evaluation["label_name"].value_counts().to_dict()
+    quality = dataset_quality(frame, config)
     return MaterializeResult(
+        check_results=quality_check_results(quality),
         metadata={
             "rows": len(frame),
             "train_rows": int((frame["split"] == config.train_split).sum()),
@@ -46,6 +88,7 @@ def dataset(context: AssetExecutionContext, experiment: ExperimentResource, resu
             "eval_sample_rows": len(evaluation),
             "train_sample_rows": int(counts.get((config.train_split, True), 0)),
             "eval_label_balance": MetadataValue.json({str(k): int(v) for k, v in balance.items()}),
+            "quality": MetadataValue.json(quality.as_dict()),
             "path": MetadataValue.path(str(path)),
             "preview": MetadataValue.md(markdown_preview(evaluation[["split", "idx", *config.text_fields, "label_name"]])),
         }
