@@ -26,6 +26,10 @@ def results_root() -> Path:
     return state_dir() / "results"
 
 
+# NOTE: checkpoints and model files stay on the local disk of the worker that writes them, even
+# when PROMPT_FT_RESULTS_ROOT puts the results store on an object store. No asset reads a checkpoint
+# back, so a row's checkpoint_path names a folder on the worker that trained it; GGUF and encoder
+# files are loaded by path on each worker.
 def checkpoints_dir() -> Path:
     return state_dir() / "checkpoints"
 

@@ -6,6 +6,7 @@ process can point the same definitions at another spec or state folder (the CLI 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dagster import ConfigurableResource
@@ -14,6 +15,9 @@ from pydantic import Field
 from .paths import default_experiment, results_root, views_database
 from .spec import ExperimentSpec, load_spec
 from .store import ResultsStore
+
+# A folder or an fsspec URL (file://, s3://bucket/prefix) that every worker reaches.
+RESULTS_ROOT_VARIABLE = "PROMPT_FT_RESULTS_ROOT"
 
 
 class ExperimentResource(ConfigurableResource):
@@ -30,13 +34,17 @@ class ExperimentResource(ConfigurableResource):
 class ResultsStoreResource(ConfigurableResource):
     """The Parquet results store and the DuckDB views database over it."""
 
-    root: str | None = Field(default=None, description="Folder with one subfolder per table; <state>/results when unset.")
+    root: str | None = Field(
+        default=None,
+        description="Folder or fsspec URL (file://..., s3://bucket/prefix) with one subfolder per table; "
+        "PROMPT_FT_RESULTS_ROOT, else <state>/results, when unset.",
+    )
     views_database_path: str | None = Field(
         default=None, description="DuckDB file with a view per table, for readers; <state>/results.duckdb when unset."
     )
 
     def store(self) -> ResultsStore:
-        return ResultsStore(self.root or results_root())
+        return ResultsStore(self.root or os.environ.get(RESULTS_ROOT_VARIABLE, "").strip() or results_root())
 
     @property
     def views_database(self) -> Path:
