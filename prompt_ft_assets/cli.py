@@ -42,7 +42,12 @@ def run_experiment(spec_path: Path, force: bool = False, stages: list[str] | Non
 
     from .definitions import defs
     from .instance_home import prepare_dagster_home
-    from .partitions import finetune_partition_keys, prompted_partition_keys, sync_partitions
+    from .partitions import (
+        finetune_partition_keys,
+        finetune_selection_partition_keys,
+        prompted_partition_keys,
+        sync_partitions,
+    )
     from .spec import load_spec
 
     spec = load_spec(spec_path)
@@ -57,6 +62,8 @@ def run_experiment(spec_path: Path, force: bool = False, stages: list[str] | Non
         ("data", "data_job", "prompt_templates", datasets),
         ("prompted", "prompted_job", "prompt_run_metrics", prompted_partition_keys(spec)),
         ("votes", "votes_job", "vote_aggregates", datasets if spec.prompt_models else []),
+        # Hyperparameter selection runs only when the spec sets finetune.grid; finetunes read its choice.
+        ("selection", "selection_job", "finetune_selection", finetune_selection_partition_keys(spec)),
         ("finetune", "finetune_job", "finetune_metrics", finetune_partition_keys(spec)),
         ("analysis", "analysis_job", None, [None]),
     ]
@@ -72,7 +79,7 @@ def run_experiment(spec_path: Path, force: bool = False, stages: list[str] | Non
         for key in keys:
             label = f"{stage}:{key}" if key is not None else stage
             progress.set_postfix_str(label[-60:])
-            if key is not None and str(key) in done and stage in ("data", "prompted", "finetune"):
+            if key is not None and str(key) in done and stage in ("data", "prompted", "selection", "finetune"):
                 outcome.skipped.append(label)
                 progress.update(1)
                 continue
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("spec", type=Path, help="experiment spec YAML, for example experiments/quickstart.yaml")
     run.add_argument("--force", action="store_true", help="rerun partitions that are already materialized")
     run.add_argument(
-        "--stage", action="append", choices=["data", "prompted", "votes", "finetune", "analysis"],
+        "--stage", action="append", choices=["data", "prompted", "votes", "selection", "finetune", "analysis"],
         help="run only this stage (repeatable); all stages by default",
     )
     ui = commands.add_parser("ui", help="open the Dagster UI")
@@ -144,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "validate":
-        from .partitions import finetune_partition_keys, prompted_partition_keys
+        from .partitions import finetune_partition_keys, finetune_selection_partition_keys, prompted_partition_keys
 
         print(f"{args.spec}: valid; {len(spec.datasets)} dataset(s), {len(prompted_partition_keys(spec))} prompted "
-              f"partitions, {len(finetune_partition_keys(spec))} finetune partitions")
+              f"partitions, {len(finetune_partition_keys(spec))} finetune partitions, "
+              f"{len(finetune_selection_partition_keys(spec))} hyperparameter selection partitions")
         return 0
     outcome = run_experiment(args.spec, force=args.force, stages=args.stage)
     _print_outputs(outcome)

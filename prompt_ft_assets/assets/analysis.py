@@ -30,6 +30,7 @@ FIGURES = {
     "f1_by_size": "by_size",
     "f1_dense_vs_moe": "dense_vs_moe",
     "f1_by_encoder": "by_encoder",
+    "f1_by_train_size": "by_train_size",
     "prompted_vs_finetuned": "comparison",
 }
 
@@ -96,7 +97,19 @@ def _draw(name: str, table: pd.DataFrame, path: Path) -> Path:
     if name == "f1_by_encoder":
         frame = table.assign(series=table["dataset"]) if not table.empty else table
         return line_figure(frame, "params_m", "series", title, path, log_x=True)
+    if name == "f1_by_train_size":
+        return line_figure(train_size_series(table), "train_examples", "series", title, path, log_x=True)
     return comparison_figure(table, title, path)
+
+
+def train_size_series(table: pd.DataFrame) -> pd.DataFrame:
+    """The learning-curve table with one series per (method, model), prefixed by the dataset when there are several."""
+    if table.empty:
+        return table
+    series = table["method"].astype(str) + " / " + table["model"].astype(str)
+    if table["dataset"].nunique() > 1:
+        series = table["dataset"].astype(str) + " / " + series
+    return table.assign(series=series)
 
 
 def image_markdown(path: Path) -> str:

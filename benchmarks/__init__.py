@@ -1,0 +1,1 @@
+"""Benchmarks: speed and quality measurements recorded in docs/benchmarks.md."""
