@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -18,6 +19,9 @@ from pathlib import Path
 from .paths import EXPERIMENT_VARIABLE, figures_dir, project_root, reports_dir, tables_dir, views_database
 
 logger = logging.getLogger("prompt_ft_assets.cli")
+# The console shows Dagster's INFO lines and up, so the progress bar stays readable. The instance
+# still stores every event, DEBUG included, for the UI's run logs.
+CONSOLE_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -39,6 +43,8 @@ def run_experiment(spec_path: Path, force: bool = False, stages: list[str] | Non
     os.environ[EXPERIMENT_VARIABLE] = str(spec_path.resolve())
     from dagster import DagsterInstance
     from tqdm import tqdm
+    from tqdm.contrib import DummyTqdmFile
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .definitions import defs
     from .instance_home import prepare_dagster_home
@@ -70,31 +76,34 @@ def run_experiment(spec_path: Path, force: bool = False, stages: list[str] | Non
     outcome = StageOutcome()
     total = sum(len(keys) for _, _, _, keys in plan)
     progress = tqdm(total=total, desc="partitions", unit="run", file=sys.stderr, disable=None)
-    for stage, job_name, last_asset, keys in plan:
-        if stages and stage not in stages:
-            progress.update(len(keys))
-            continue
-        done = _materialized(instance, last_asset) if last_asset and not force else set()
-        # A stage reruns when anything upstream ran in this invocation, so votes and analysis stay current.
-        for key in keys:
-            label = f"{stage}:{key}" if key is not None else stage
-            progress.set_postfix_str(label[-60:])
-            if key is not None and str(key) in done and stage in ("data", "prompted", "selection", "finetune"):
-                outcome.skipped.append(label)
-                progress.update(1)
+    # Log lines go through tqdm.write so they print above the bar instead of breaking it.
+    with logging_redirect_tqdm(), contextlib.redirect_stderr(DummyTqdmFile(sys.stderr)):
+        for stage, job_name, last_asset, keys in plan:
+            if stages and stage not in stages:
+                progress.update(len(keys))
                 continue
-            started = time.perf_counter()
-            result = defs.resolve_job_def(job_name).execute_in_process(
-                instance=instance, partition_key=str(key) if key is not None else None, raise_on_error=False
-            )
-            seconds = time.perf_counter() - started
-            if result.success:
-                outcome.succeeded.append(label)
-                logger.info("%s finished in %.1f s", label, seconds)
-            else:
-                outcome.failed.append(label)
-                logger.error("%s failed after %.1f s (run %s); see the run's logs in the UI", label, seconds, result.run_id)
-            progress.update(1)
+            done = _materialized(instance, last_asset) if last_asset and not force else set()
+            # A stage reruns when anything upstream ran in this invocation, so votes and analysis stay current.
+            for key in keys:
+                label = f"{stage}:{key}" if key is not None else stage
+                progress.set_postfix_str(label[-60:])
+                if key is not None and str(key) in done and stage in ("data", "prompted", "selection", "finetune"):
+                    outcome.skipped.append(label)
+                    progress.update(1)
+                    continue
+                started = time.perf_counter()
+                result = defs.resolve_job_def(job_name).execute_in_process(
+                    instance=instance, partition_key=str(key) if key is not None else None, raise_on_error=False,
+                    run_config=CONSOLE_RUN_CONFIG,
+                )
+                seconds = time.perf_counter() - started
+                if result.success:
+                    outcome.succeeded.append(label)
+                    logger.info("%s finished in %.1f s", label, seconds)
+                else:
+                    outcome.failed.append(label)
+                    logger.error("%s failed after %.1f s (run %s); see the run's logs in the UI", label, seconds, result.run_id)
+                progress.update(1)
     progress.close()
     return outcome
 
@@ -141,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic logs each storage migration check at INFO, several times per Dagster run.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from .spec import SpecError, load_spec
 
     if args.command == "ui":
