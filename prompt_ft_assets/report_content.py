@@ -33,6 +33,20 @@ class StatisticsSettings:
     paired_resamples: int = 2_000
 
 
+def finetuned_systems(frame: pd.DataFrame) -> pd.Series:
+    """Name each finetuned configuration: the encoder, plus its train size when it used a subset.
+
+    Runs of one encoder on different train sizes are different systems, so they never share a
+    mean, an interval or a paired test.
+    """
+    names = frame["encoder"].astype(str)
+    if "train_size" not in frame:
+        return names
+    sizes = pd.to_numeric(frame["train_size"], errors="coerce")
+    subset = sizes.notna()
+    return names.where(~subset, names + " (" + sizes.where(subset, 0).astype(int).astype(str) + " train examples)")
+
+
 def _interval_columns(interval: Interval) -> dict[str, float | int]:
     # One run or seed has no spread to resample, so its interval is left undefined (NaN).
     low, high = (interval.low, interval.high) if interval.n > 1 else (np.nan, np.nan)
@@ -73,10 +87,11 @@ def final_comparison(
              "mean_invalid_rate": float(runs["invalid_rate"].mean()), "flagged": int(runs[_flags(runs)].any(axis=1).sum())}
         )
     if not finetune_metrics.empty:
-        for (dataset, encoder), seeds in finetune_metrics.groupby(["dataset", "encoder"], sort=True):
+        systems = finetune_metrics.assign(system=finetuned_systems(finetune_metrics))
+        for (dataset, system), seeds in systems.groupby(["dataset", "system"], sort=True):
             interval = bootstrap_mean_interval(seeds["macro_f1"], seed=settings.seed, resamples=settings.mean_resamples)
             rows.append(
-                {"dataset": dataset, "approach": "finetuned encoder", "system": encoder, **_interval_columns(interval),
+                {"dataset": dataset, "approach": "finetuned encoder", "system": system, **_interval_columns(interval),
                  "mean_invalid_rate": float(seeds["invalid_rate"].mean()), "flagged": int(seeds[_flags(seeds)].any(axis=1).sum())}
             )
     columns = ["dataset", "approach", "system", "runs_or_seeds", "macro_f1_mean", "ci_low", "ci_high", "mean_invalid_rate", "flagged"]
@@ -139,7 +154,8 @@ def paired_tests(
         classes = n_classes[best["dataset"]]
         prompted = voted_predictions(chosen, classes)
         encoders = finetune_predictions[finetune_predictions["dataset"] == best["dataset"]]
-        for (encoder, seed), group in encoders.groupby(["encoder", "seed"], sort=True):
+        encoders = encoders.assign(system=finetuned_systems(encoders))
+        for (encoder, seed), group in encoders.groupby(["system", "seed"], sort=True):
             pairs = align_pairs(prompted, group[["idx", "label", "prediction"]])
             row = {
                 "dataset": best["dataset"], "prompted": f"{best['model']} / {best['template']}",
@@ -198,9 +214,10 @@ def cost_per_thousand(prompt_predictions: pd.DataFrame, finetune_metrics: pd.Dat
                  "train_seconds_mean": np.nan, "device": "cpu (llama.cpp)"}
             )
     if not finetune_metrics.empty:
-        for (dataset, encoder), group in finetune_metrics.groupby(["dataset", "encoder"], sort=True):
+        systems = finetune_metrics.assign(system=finetuned_systems(finetune_metrics))
+        for (dataset, system), group in systems.groupby(["dataset", "system"], sort=True):
             rows.append(
-                {"dataset": dataset, "approach": "finetuned", "system": encoder, "timed_predictions": int(group["n"].sum()),
+                {"dataset": dataset, "approach": "finetuned", "system": system, "timed_predictions": int(group["n"].sum()),
                  "seconds_per_1000": float(group["infer_seconds_per_example"].mean()) * SECONDS_PER_THOUSAND,
                  "train_seconds_mean": float(group["train_seconds"].mean()),
                  "device": ",".join(sorted(group["device"].astype(str).unique()))}
@@ -218,7 +235,9 @@ def flagged_runs(run_metrics: pd.DataFrame, finetune_metrics: pd.DataFrame) -> p
         frames.append(flagged.assign(approach="prompted", system=flagged["model"], run_or_seed=flagged["run"]))
     if not finetune_metrics.empty:
         flagged = finetune_metrics[finetune_metrics[_flags(finetune_metrics)].any(axis=1)]
-        frames.append(flagged.assign(approach="finetuned", system=flagged["encoder"], template="", run_or_seed=flagged["seed"]))
+        frames.append(
+            flagged.assign(approach="finetuned", system=finetuned_systems(flagged), template="", run_or_seed=flagged["seed"])
+        )
     frames = [frame for frame in frames if not frame.empty]
     if not frames:
         return pd.DataFrame(columns=columns)
@@ -242,8 +261,9 @@ def seed_settings(run_metrics: pd.DataFrame, finetune_metrics: pd.DataFrame) -> 
             seeds = ", ".join(str(seed) for seed in sorted(group["run_seed"].unique()))
             rows.append({"what": f"prompted run {run}", "seeds": seeds})
     if not finetune_metrics.empty:
-        for encoder, group in finetune_metrics.groupby("encoder", sort=True):
-            rows.append({"what": f"encoder {encoder}", "seeds": ", ".join(str(seed) for seed in sorted(group["seed"].unique()))})
+        systems = finetune_metrics.assign(system=finetuned_systems(finetune_metrics))
+        for system, group in systems.groupby("system", sort=True):
+            rows.append({"what": f"encoder {system}", "seeds": ", ".join(str(seed) for seed in sorted(group["seed"].unique()))})
     return pd.DataFrame(rows)
 
 

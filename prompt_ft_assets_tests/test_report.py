@@ -379,3 +379,23 @@ def test_read_tables_parses_report_tables(rows):
     page = render_report(_inputs(rows)).html
     paired = next(table for table in read_tables(page) if "mcnemar_b" in table.columns)
     assert paired["seed"].tolist() == ["0", "1"]
+
+
+def test_train_sizes_are_separate_systems(rows):
+    full = rows["finetune_predictions"].assign(train_size=np.nan)
+    subset = rows["finetune_predictions"].assign(train_size=100.0)
+    predictions = pd.concat([full, subset], ignore_index=True)
+    metrics = pd.concat(
+        [rows["finetune_metrics"].assign(train_size=np.nan), rows["finetune_metrics"].assign(train_size=100.0)],
+        ignore_index=True,
+    )
+    comparison = final_comparison(rows["run_metrics"], metrics, FAST)
+    encoders = comparison[comparison["approach"] == "finetuned encoder"]
+    assert sorted(encoders["system"]) == ["enc", "enc (100 train examples)"]
+    assert encoders["runs_or_seeds"].tolist() == [2, 2]
+
+    tests = paired_tests(rows["run_metrics"], rows["prompt_predictions"], predictions, {"cola": 2}, FAST)
+    assert tests[["encoder", "seed"]].values.tolist() == [
+        ["enc", 0], ["enc", 1], ["enc (100 train examples)", 0], ["enc (100 train examples)", 1],
+    ]
+    assert tests["n"].tolist() == [10, 10, 10, 10]

@@ -26,6 +26,8 @@ PROMPT_PREDICTION_COLUMNS = (
     "dataset", "method", "model", "template", "run", "idx", "label", "prediction", "invalid_reason", "latency_s",
 )
 FINETUNE_PREDICTION_COLUMNS = ("dataset", "encoder", "seed", "idx", "label", "prediction")
+# Finetune rows carry train_size since runs can train on subsets; older rows lack the column.
+OPTIONAL_FINETUNE_COLUMNS = ("train_size",)
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
@@ -40,10 +42,15 @@ def report_path(experiment_name: str) -> Path:
     return reports_dir() / f"{_UNSAFE_FILE_CHARS.sub('_', experiment_name)}.html"
 
 
-def _read_columns(store: ResultsStore, table: str, columns: tuple[str, ...]) -> pd.DataFrame:
+def _read_columns(
+    store: ResultsStore, table: str, columns: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> pd.DataFrame:
     if not store.files(table):
         return pd.DataFrame(columns=list(columns))
-    return store.query(f"SELECT {', '.join(columns)} FROM {table}")
+    with store.connect() as connection:
+        present = {row[0] for row in connection.execute(f"DESCRIBE {table}").fetchall()}
+        selected = [*columns, *(column for column in optional if column in present)]
+        return connection.execute(f"SELECT {', '.join(selected)} FROM {table}").df()
 
 
 def _class_counts(spec, *frames: pd.DataFrame) -> dict[str, int]:
@@ -82,7 +89,9 @@ def report(
     spec = experiment.load()
     store = results.store()
     prompt_predictions = _read_columns(store, PREDICTIONS_TABLE, PROMPT_PREDICTION_COLUMNS)
-    finetune_predictions = _read_columns(store, FINETUNE_PREDICTIONS_TABLE, FINETUNE_PREDICTION_COLUMNS)
+    finetune_predictions = _read_columns(
+        store, FINETUNE_PREDICTIONS_TABLE, FINETUNE_PREDICTION_COLUMNS, OPTIONAL_FINETUNE_COLUMNS
+    )
     figures = {}
     for name, table_name in FIGURES.items():
         png = figures_dir() / f"{name}.png"
