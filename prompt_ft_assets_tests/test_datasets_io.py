@@ -51,8 +51,8 @@ GOOD_TRAIN = "a\t1\t\tGood sentence.\nb\t0\t*\tBad sentence it.\n"
 @pytest.mark.parametrize(
     ("validation", "message"),
     [
-        ("a\t1\t\tFine.\nb\t7\t*\tWrong label.\n", "row 2 has label '7'"),
-        ("a\t1\t\tFine.\nb\t0\t*\t   \n", "row 2 has empty text"),
+        ("a\t1\t\tFine.\nb\t7\t*\tWrong label.\n", r"row 2 \(line 2\) has label '7'"),
+        ("a\t1\t\tFine.\nb\t0\t*\t   \n", r"row 2 \(line 2\) has empty text"),
         ("a\t1\t\tFine.\nb\t0\tToo few fields\n", "line 2 has 3 fields but 4 are expected"),
         (b"a\t1\t\tFine.\nb\t0\t*\tBad \xff byte.\n", "line 2 is not valid UTF-8"),
         ("", "is empty"),
@@ -82,7 +82,7 @@ def test_duplicate_ids_rejected(tmp_path):
     _write_split(folder, "train.tsv", "index\tsentence\tlabel\n0\tA.\t1\n1\tB.\t0\n")
     _write_split(folder, "validation.tsv", "index\tsentence\tlabel\n0\tA.\t1\n0\tB.\t0\n")
     spec = _spec(folder, source={"local_dir": str(folder)}, metadata_fields=[])
-    with pytest.raises(DatasetError, match="row 2 repeats index '0'"):
+    with pytest.raises(DatasetError, match=r"row 2 \(line 3\) repeats index '0' of row 1 \(line 2\)"):
         load_dataset_frame(spec, spec.datasets[0])
 
 
