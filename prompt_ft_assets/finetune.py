@@ -251,11 +251,19 @@ def _folder_bytes(folder: Path) -> int:
 def save_checkpoint(model, tokenizer, checkpoint_dir: Path) -> int:
     """Save the model and tokenizer through a temporary folder and a rename; return the folder's size in bytes."""
     temporary = checkpoint_dir.with_name(f".{checkpoint_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
+    previous = checkpoint_dir.with_name(f".{checkpoint_dir.name}.{os.getpid()}.old")
+    # finetuned_encoder holds the partition's lock, so these siblings were left by killed runs.
+    for suffix in ("tmp", "old"):
+        for leftover in checkpoint_dir.parent.glob(f".{checkpoint_dir.name}.*.{suffix}"):
+            shutil.rmtree(leftover, ignore_errors=True)
     model.save_pretrained(temporary)
     tokenizer.save_pretrained(temporary)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    # The old folder is moved aside in one rename before it is deleted, so a kill at any moment
+    # leaves a whole checkpoint (old or new) at checkpoint_dir, or none between the two renames.
+    if checkpoint_dir.exists():
+        os.replace(checkpoint_dir, previous)
     os.replace(temporary, checkpoint_dir)
+    shutil.rmtree(previous, ignore_errors=True)
     return _folder_bytes(checkpoint_dir)
 
 

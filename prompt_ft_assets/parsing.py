@@ -51,6 +51,8 @@ def _load_object(text: str) -> tuple[Any, str | None]:
         return json.loads(stripped), None
     except json.JSONDecodeError:
         pass
+    except RecursionError:  # nesting deeper than Python's recursion limit
+        return None, REASON_NOT_JSON
     # Models often wrap the object in prose or a code fence: try the outermost braces.
     start, end = stripped.find("{"), stripped.rfind("}")
     if start != -1 and end > start:
@@ -58,9 +60,16 @@ def _load_object(text: str) -> tuple[Any, str | None]:
             return json.loads(stripped[start : end + 1]), None
         except json.JSONDecodeError:
             pass
+        except RecursionError:
+            return None, REASON_NOT_JSON
     if start != -1 and end < start:
         return None, REASON_TRUNCATED
     return None, REASON_NOT_JSON
+
+
+def _storable(text: str) -> str:
+    """Replace lone UTF-16 surrogates, which a JSON escape such as \\ud83d can produce and Parquet cannot store."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def parse_answer(text: str, answer_choices: list[str]) -> ParsedAnswer:
@@ -73,12 +82,14 @@ def parse_answer(text: str, answer_choices: list[str]) -> ParsedAnswer:
 
     keys = {str(key).lower(): key for key in value}
     rationale = value.get(keys["rationale"]) if "rationale" in keys else None
-    rationale_text = None if rationale is None else str(rationale)
+    rationale_text = None if rationale is None else _storable(str(rationale))
     extra = tuple(sorted(str(key) for key in value if str(key).lower() not in ("rationale", "label")))
     if "label" not in keys:
         return ParsedAnswer(rationale_text, None, INVALID_LABEL, False, REASON_NO_LABEL, extra)
     label = value[keys["label"]]
-    if not isinstance(label, str):
+    if isinstance(label, str):
+        label = _storable(label)
+    else:
         return ParsedAnswer(rationale_text, json.dumps(label), INVALID_LABEL, False, REASON_LABEL_NOT_STRING, extra)
 
     wanted = normalize_label(label)

@@ -11,7 +11,7 @@ from ..paths import figures_dir, tables_dir
 from ..plotting import bar_figure, comparison_figure, line_figure
 from ..previews import markdown_preview
 from ..resources import ResultsStoreResource
-from ..store import ResultsStore
+from ..store import ResultsStore, atomic_write_text
 from ..summaries import QUESTIONS, build_summary_tables
 from .aggregation import VOTE_METRICS_TABLE, vote_aggregates
 from .finetuned import FINETUNE_METRICS_TABLE, finetune_metrics
@@ -52,10 +52,16 @@ def summary_tables(context: AssetExecutionContext, results: ResultsStoreResource
     metadata: dict[str, object] = {}
     sections = []
     for name, table in tables.items():
-        store.write(SUMMARY_TABLE_PREFIX + name, "all", table)
-        table.to_csv(output / f"{name}.csv", index=False)
+        if len(table.columns) == 0:
+            # Nothing feeds this table yet (a study without finetunes has no comparison), and Parquet
+            # cannot hold a frame without columns, so a stale file is removed instead.
+            store.delete(SUMMARY_TABLE_PREFIX + name, "all")
+        else:
+            store.write(SUMMARY_TABLE_PREFIX + name, "all", table)
+        # Through a temporary file, so a killed run leaves the previous CSV and markdown, never half of one.
+        atomic_write_text(output / f"{name}.csv", table.to_csv(index=False))
         markdown = markdown_preview(table, rows=len(table)) if not table.empty else "_no results yet_"
-        (output / f"{name}.md").write_text(f"# {QUESTIONS[name]}\n\n{markdown}\n", encoding="utf-8")
+        atomic_write_text(output / f"{name}.md", f"# {QUESTIONS[name]}\n\n{markdown}\n")
         metadata[f"{name}_rows"] = len(table)
         shown = [c for c in table.columns if not c.endswith(("_mean", "_std", "_median")) and c not in ("models",)]
         sections.append(f"### {name}: {QUESTIONS[name]}\n\n{markdown_preview(table[shown]) if not table.empty else '_no results yet_'}")

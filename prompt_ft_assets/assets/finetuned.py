@@ -47,6 +47,7 @@ from ..resources import ExperimentResource, ResultsStoreResource
 from ..spec import GRID_SETTINGS, FinetuneSettings
 from ..store import ResultsStore, partition_file_name
 from .data import EXAMPLES_TABLE, dataset
+from .partition_lock import exclusive_partition
 from .prompted import evaluation_examples
 
 FINETUNE_SELECTION_TABLE = "finetune_selection"
@@ -92,6 +93,7 @@ def _hyperparameters(settings: FinetuneSettings) -> dict[str, float | int]:
     group_name="finetuned",
     kinds={"pytorch", "parquet"},
 )
+@exclusive_partition
 def finetune_selection(
     context: AssetExecutionContext, experiment: ExperimentResource, results: ResultsStoreResource
 ) -> MaterializeResult:
@@ -216,6 +218,7 @@ def _run_columns(result: FinetuneResult, encoder, run, settings: FinetuneSetting
     kinds={"pytorch", "parquet"},
     check_specs=[AssetCheckSpec("predicts_more_than_one_class", asset="finetuned_encoder")],
 )
+@exclusive_partition
 def finetuned_encoder(
     context: AssetExecutionContext, experiment: ExperimentResource, results: ResultsStoreResource
 ) -> MaterializeResult:

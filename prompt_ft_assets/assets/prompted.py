@@ -24,6 +24,7 @@ from ..provenance import provenance_columns
 from ..resources import ExperimentResource, ResultsStoreResource
 from ..templates import load_promptsource_templates, select_templates
 from .data import EXAMPLES_TABLE, dataset, prompt_templates
+from .partition_lock import exclusive_partition
 
 PREDICTIONS_TABLE = "prompt_predictions"
 RUN_METRICS_TABLE = "prompt_run_metrics"
@@ -46,6 +47,7 @@ def evaluation_examples(examples: pd.DataFrame, eval_split: str) -> pd.DataFrame
     kinds={"llama_cpp", "parquet"},
     check_specs=[AssetCheckSpec("predictions_cover_evaluation_sample", asset="prompt_predictions")],
 )
+@exclusive_partition
 def prompt_predictions(
     context: AssetExecutionContext, experiment: ExperimentResource, results: ResultsStoreResource
 ) -> MaterializeResult:
@@ -132,6 +134,8 @@ def prompt_run_metrics(
         "truncated_answers": int((predictions["finish_reason"] == "length").sum()),
         "model_sha256": str(predictions["model_sha256"].iloc[0]),
         **provenance_columns({"n_classes": n_classes, "bootstrap_seed": spec.prompting.base_seed}),
+        # Invalid answers per parsing.py reason, for example {"not_json": 2}; "{}" when all are valid.
+        "invalid_reasons": json.dumps(predictions["invalid_reason"].dropna().value_counts().sort_index().to_dict()),
     }
     frame = pd.DataFrame([row])
     path = store.write(RUN_METRICS_TABLE, context.partition_key, frame)
@@ -153,6 +157,7 @@ def prompt_run_metrics(
             "invalid_rate": metrics.invalid_rate,
             "flags": flags.labels or "none",
             "path": MetadataValue.path(str(path)),
+            "invalid_reasons": MetadataValue.json(json.loads(row["invalid_reasons"])),
             "preview": MetadataValue.md(markdown_preview(frame[["model", "template", "run", "macro_f1", "mcc", "invalid_rate", "flags"]])),
         }
     )
