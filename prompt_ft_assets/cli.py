@@ -132,7 +132,29 @@ def _open_ui(port: int, host: str) -> int:
     return 0  # not reached
 
 
-def main(argv: list[str] | None = None) -> int:
+OFFLINE_VARIABLE = "HF_HUB_OFFLINE"
+
+
+def apply_hub_policy(spec) -> bool:
+    """Set HF_HUB_OFFLINE=1 in this process unless the spec names a hub source or the variable is set.
+
+    huggingface_hub, transformers and datasets then make no network request for a spec whose data
+    and models are all local. Returns whether offline mode was set here.
+    """
+    from .spec import hub_sources
+
+    if OFFLINE_VARIABLE in os.environ:
+        return False
+    sources = hub_sources(spec)
+    if sources:
+        logger.info("the spec reads from the Hugging Face hub (%s), so hub access stays on", "; ".join(sources))
+        return False
+    os.environ[OFFLINE_VARIABLE] = "1"
+    logger.info("the spec names no hub source, so %s=1 is set and nothing is downloaded", OFFLINE_VARIABLE)
+    return True
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-ft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize an experiment's missing partitions and its tables and figures")
@@ -147,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     validate = commands.add_parser("validate", help="load and validate a spec, and count its partitions")
     validate.add_argument("spec", type=Path)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Alembic logs each storage migration check at INFO, several times per Dagster run.
@@ -155,12 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     from .spec import SpecError, load_spec
 
     if args.command == "ui":
+        from .paths import default_experiment
+
+        try:
+            apply_hub_policy(load_spec(default_experiment()))
+        except SpecError as error:
+            # The UI shows the spec's error on the code location; hub access is left as configured.
+            logger.warning("the spec the UI loads is invalid: %s", error)
         return _open_ui(args.port, args.host)
     try:
         spec = load_spec(args.spec)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    apply_hub_policy(spec)
     if args.command == "validate":
         from .partitions import finetune_partition_keys, finetune_selection_partition_keys, prompted_partition_keys
 

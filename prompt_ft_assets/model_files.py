@@ -76,13 +76,40 @@ def resolve_gguf(spec: ExperimentSpec, model: PromptModelSpec) -> Path:
         return check_gguf(_assemble_gemma3(models_dir()))
     if source.path is not None:
         return check_gguf(spec.resolve_path(source.path))
-    from huggingface_hub import hf_hub_download  # imported here: only hub models need it
+    return check_gguf(_download_gguf(model))
 
+
+def redact_token(text: str) -> str:
+    """Replace the HF_TOKEN value in text, in case a library echoes it in an error message."""
+    token = os.environ.get("HF_TOKEN", "")
+    return text.replace(token, "<HF_TOKEN>") if len(token) >= 8 else text
+
+
+def _download_gguf(model: PromptModelSpec) -> Path:
+    from huggingface_hub import hf_hub_download  # imported here: only hub models need it
+    from huggingface_hub.errors import HfHubHTTPError
+
+    source = model.source
     logger.info("downloading %s from %s", source.hf_file, source.hf_repo)
-    path = hf_hub_download(
-        repo_id=source.hf_repo, filename=source.hf_file, cache_dir=models_dir() / "hub", token=os.environ.get("HF_TOKEN")
-    )
-    return check_gguf(Path(path))
+    try:
+        path = hf_hub_download(
+            repo_id=source.hf_repo, filename=source.hf_file, cache_dir=models_dir() / "hub",
+            token=os.environ.get("HF_TOKEN"),
+        )
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        # The cause is dropped from the chain so a traceback shows only this message, with the token redacted.
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            fix = ("HF_HUB_OFFLINE is set and the file is not in the local cache: run once where the hub is "
+                   "reachable, or set the model's source.path to a local .gguf file")
+        else:
+            fix = ("check hf_repo and hf_file in the spec, the network, and HF_TOKEN for a gated repo, "
+                   "or set the model's source.path to a local .gguf file")
+        reason = redact_token(str(error).strip().splitlines()[0] if str(error).strip() else "")
+        raise ModelFileError(
+            f"prompt model {model.name!r}: download of {source.hf_file!r} from {source.hf_repo!r} failed "
+            f"({type(error).__name__}: {reason}); {fix}"
+        ) from None
+    return Path(path)
 
 
 def file_sha256(path: Path) -> str:
