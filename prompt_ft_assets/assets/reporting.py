@@ -81,7 +81,7 @@ def report(
 ) -> MaterializeResult:
     """Write one HTML page per experiment to data/reports/<name>.html, readable offline.
 
-    The page holds each research question with its summary table and figure, prompted versus
+    The page contains each research question with its summary table and figure, prompted versus
     finetuned with bootstrap intervals and paired tests, invalid-output rates, cost per 1,000
     classifications, flagged runs, an OLS fit of prompted F1 and the run's settings.
     """
