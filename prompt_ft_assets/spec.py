@@ -128,6 +128,11 @@ class ModelSource(_StrictModel):
         default=None,
         description="Base URL of an OpenAI-compatible server (llama.cpp server, vLLM), for example http://127.0.0.1:8080/v1.",
     )
+    server_urls: list[str] | None = Field(
+        default=None, min_length=1,
+        description="Base URLs of several OpenAI-compatible servers that all serve the GGUF file of model_file_sha256; "
+        "each request goes to the server with the fewest requests in flight.",
+    )
     server_model: str | None = Field(default=None, description="Model name sent to the server; the spec's model name when unset.")
     model_file_sha256: str | None = Field(
         default=None, description="sha256 of the GGUF file the server serves; it addresses cached answers."
@@ -135,22 +140,36 @@ class ModelSource(_StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ModelSource":
-        chosen = [name for name in ("package", "path", "hf_repo", "server_url") if getattr(self, name) is not None]
+        chosen = [
+            name for name in ("package", "path", "hf_repo", "server_url", "server_urls") if getattr(self, name) is not None
+        ]
         if len(chosen) != 1:
             raise ValueError(
-                f"a model source needs exactly one of package, path, hf_repo or server_url, got {chosen or 'none'}"
+                f"a model source needs exactly one of package, path or hf_repo (or server_url or server_urls for a "
+                f"served model), got {chosen or 'none'}"
             )
         if self.hf_repo is not None and self.hf_file is None:
             raise ValueError(f"hf_repo {self.hf_repo!r} needs hf_file, the .gguf file name inside the repo")
-        if self.server_url is not None:
-            if not re.match(r"^https?://[^\s/]+", self.server_url):
-                raise ValueError(f"server_url {self.server_url!r} is not an http(s) URL; use for example http://127.0.0.1:8080/v1")
-            if self.model_file_sha256 is None or not re.fullmatch(r"[0-9a-f]{64}", self.model_file_sha256):
-                raise ValueError(
-                    f"server_url {self.server_url!r} needs model_file_sha256, the 64 lowercase hex digits of the served "
-                    f"GGUF file's sha256 (got {self.model_file_sha256!r}); compute it with sha256sum on the file"
-                )
+        field = "server_urls" if self.server_urls is not None else "server_url"
+        for url in self.servers:
+            if not re.match(r"^https?://[^\s/]+", url):
+                label = "server_urls entry" if self.server_urls is not None else "server_url"
+                raise ValueError(f"{label} {url!r} is not an http(s) URL; use for example http://127.0.0.1:8080/v1")
+        if len({url.rstrip("/") for url in self.servers}) != len(self.servers):
+            raise ValueError(f"server_urls {self.server_urls!r} lists a server more than once; list each server once")
+        if self.servers and (self.model_file_sha256 is None or not re.fullmatch(r"[0-9a-f]{64}", self.model_file_sha256)):
+            raise ValueError(
+                f"{field} {getattr(self, field)!r} needs model_file_sha256, the 64 lowercase hex digits of the served "
+                f"GGUF file's sha256 (got {self.model_file_sha256!r}); compute it with sha256sum on the file"
+            )
         return self
+
+    @property
+    def servers(self) -> list[str]:
+        """Base URLs of the servers that answer this model's requests; empty for a model run in this process."""
+        if self.server_urls is not None:
+            return list(self.server_urls)
+        return [self.server_url] if self.server_url is not None else []
 
 
 class PromptBackendSettings(_StrictModel):
@@ -204,8 +223,8 @@ class PromptModelSpec(_StrictModel):
 
     @property
     def served(self) -> bool:
-        """True when an OpenAI-compatible server computes the answers."""
-        return self.source.server_url is not None
+        """True when an OpenAI-compatible server, or a pool of them, computes the answers."""
+        return bool(self.source.servers)
 
     @property
     def is_moe(self) -> bool:
