@@ -48,10 +48,11 @@ def _spec(folder: Path, cola_dir: Path) -> Path:
 
 def _transport_config(folder: Path) -> dict:
     """Run config that points Celery at a broker folder on this machine."""
-    for name in ("broker", "processed"):
+    for name in ("broker", "processed", "control"):
         (folder / name).mkdir()
+    # control_folder defaults to ./control in the working directory; keep it in the test's folder.
     options = {"data_folder_in": str(folder / "broker"), "data_folder_out": str(folder / "broker"),
-               "processed_folder": str(folder / "processed")}
+               "processed_folder": str(folder / "processed"), "control_folder": str(folder / "control")}
     return {"execution": {"config": {"config_source": {"broker_transport_options": options}}}}
 
 
