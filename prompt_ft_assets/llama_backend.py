@@ -1,8 +1,9 @@
-"""In-process llama.cpp generation through llama-cpp-python.
+"""In-process llama.cpp through llama-cpp-python: the shared model loader, the answer record, and
+the sequential generator (one create_chat_completion call per example).
 
-llama-cpp-python keeps the previous prompt's tokens in its KV cache and reuses the longest
-common prefix on the next call, so examples of one partition that share a template prefix skip
-re-evaluating it.
+The product decodes prompts in batches (llama_batch.BatchedLlama); the sequential generator is
+kept as the reference the batched path is checked against. llama-cpp-python keeps the previous
+prompt's tokens in its KV cache and reuses the longest common prefix on the next call.
 """
 
 from __future__ import annotations
@@ -31,23 +32,28 @@ def library_version() -> str:
     return str(llama_cpp.__version__)
 
 
+def load_llama(model_path: Path, n_ctx: int, n_threads: int, chat_format: str | None):
+    """A llama_cpp.Llama for model_path; chat_format None uses the chat template in the GGUF."""
+    from llama_cpp import Llama  # imported here: loading the shared library is slow
+
+    return Llama(
+        model_path=str(model_path),
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        chat_format=chat_format,
+        verbose=False,
+    )
+
+
 class LlamaCppGenerator:
     """One loaded GGUF model that answers chat messages under a grammar."""
 
     def __init__(self, model_path: Path, n_ctx: int, n_threads: int | None, chat_format: str | None):
-        from llama_cpp import Llama  # imported here: loading the shared library is slow
-
         self.model_path = model_path
         threads = n_threads or os.cpu_count() or 1
         started = time.perf_counter()
-        self._llama = Llama(
-            model_path=str(model_path),
-            n_ctx=n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
-            chat_format=chat_format,
-            verbose=False,
-        )
+        self._llama = load_llama(model_path, n_ctx, threads, chat_format)
         self._grammars: dict[str, object] = {}
         logger.info("loaded %s in %.1f s with %d threads", model_path.name, time.perf_counter() - started, threads)
 

