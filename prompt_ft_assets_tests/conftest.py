@@ -19,7 +19,7 @@ def state_dir(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cola_dir():
     if not (COLA_DIR / "validation.tsv").is_file():
         pytest.fail(f"real CoLA data not found at {COLA_DIR}; set PROMPT_FT_DATASETS_DIR to the folder holding glue_cola")
