@@ -99,7 +99,7 @@ def run_product(path: str, data: dict[str, list]) -> dict[str, object]:
         "train_seconds": result.train_seconds,
         "infer_eps": 1.0 / result.infer_seconds_per_example,
         "infer_seconds": result.infer_seconds_per_example * len(data["eval_texts"]),
-        "final_loss": result.final_loss,
+        "last_batch_loss": result.final_loss,
         **scores(data["eval_labels"], result.predictions),
     }
 
@@ -155,7 +155,7 @@ def run_baseline(path: str, data: dict[str, list]) -> dict[str, object]:
         "train_seconds": train_seconds,
         "infer_eps": len(evaluation) / infer_seconds,
         "infer_seconds": infer_seconds,
-        "final_loss": float(outcome.training_loss),
+        "mean_train_loss": float(outcome.training_loss),
         **scores(data["eval_labels"], predictions),
     }
 
