@@ -15,9 +15,10 @@ All three sides answer the same evaluation sentences, rendered with the promptso
 
 The product sides are timed over the whole call, model loading and cache writes included; the
 naive side over its answer loop only. Reported: examples per second of each side, the share of
-valid answers (JSON with a label that is one of the answer choices), macro F1, and the machine's
-prompt-evaluation and generation tokens per second for the model (a 512-token prompt decoded
-at once, then 128 tokens decoded one at a time). The data folder is --data, else
+valid answers (JSON with a label that is one of the answer choices), macro F1, the mean prompt
+and completion tokens per example, and the machine's prompt-evaluation and generation tokens per
+second for the model (a 512-token prompt decoded at once, then 128 tokens decoded one at a time,
+and 8 sequences decoding one token each per call). The data folder is --data, else
 PROMPT_FT_DATASETS_DIR, else ../shared/data beside the project.
 """
 
@@ -37,6 +38,7 @@ import pandas as pd
 
 from prompt_ft_assets.datasets_io import find_split_file, read_split_file
 from prompt_ft_assets.llama_backend import load_llama
+from prompt_ft_assets.llama_batch import TokenBatch
 from prompt_ft_assets.metrics import classification_metrics
 from prompt_ft_assets.model_files import resolve_gguf
 from prompt_ft_assets.parsing import parse_answer
@@ -55,6 +57,7 @@ MODEL = "smollm2-135m"
 MAX_RATIONALE_CHARS = 100
 PROMPT_TOKENS = 512
 GENERATED_TOKENS = 128
+BATCHED_SEQUENCES = 8
 
 
 def default_data_dir() -> Path:
@@ -95,8 +98,9 @@ def benchmark_spec(data_dir: Path, threads: int, parallel: int) -> ExperimentSpe
     )
 
 
-def machine_speed(model_path: Path, threads: int, text: str) -> tuple[float, float]:
-    """Prompt-evaluation and generation tokens per second of one sequence, as llama-bench measures them."""
+def machine_speed(model_path: Path, threads: int, text: str) -> dict[str, float]:
+    """Measure prompt-evaluation and generation tokens per second of one sequence, as llama-bench
+    does, and generation tokens per second of BATCHED_SEQUENCES sequences decoded together."""
     llama = load_llama(model_path, 2048, threads, None)
     try:
         tokens = llama.tokenize(text.encode("utf-8"), add_bos=False)[:PROMPT_TOKENS]
@@ -112,9 +116,37 @@ def machine_speed(model_path: Path, threads: int, text: str) -> tuple[float, flo
         for token in tokens[1 : 1 + GENERATED_TOKENS]:
             llama.eval([token])
         generation_tps = GENERATED_TOKENS / (time.perf_counter() - started)
+        batched_generation_tps = _batched_generation_speed(llama, tokens, threads)
     finally:
         llama.close()
-    return prompt_tps, generation_tps
+    return {"prompt_tps": prompt_tps, "generation_tps": generation_tps, "batched_generation_tps": batched_generation_tps}
+
+
+def _batched_generation_speed(llama, tokens: list[int], threads: int) -> float:
+    """Tokens per second when BATCHED_SEQUENCES sequences each decode one token per llama_decode call."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
+    params.n_seq_max = BATCHED_SEQUENCES
+    params.n_threads = params.n_threads_batch = threads
+    params.kv_unified = True
+    context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+    batch = TokenBatch(512, 1)
+    try:
+        steps = GENERATED_TOKENS // BATCHED_SEQUENCES
+        started = time.perf_counter()
+        for step in range(steps):
+            batch.clear()
+            for seq in range(BATCHED_SEQUENCES):
+                batch.add(tokens[(step * BATCHED_SEQUENCES + seq) % len(tokens)], step, [seq], True)
+            if llama_cpp.llama_decode(context.ctx, batch.batch) != 0:
+                raise SystemExit("llama_decode failed while measuring batched generation")
+        return steps * BATCHED_SEQUENCES / (time.perf_counter() - started)
+    finally:
+        batch.free()
+        context.close()
 
 
 def scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -126,7 +158,7 @@ def run_naive(model_path: Path, threads: int, spec: ExperimentSpec, examples: pd
     model = spec.prompt_models[0]
     template = select_templates(load_promptsource_templates("glue", "cola"), [TEMPLATE])[0]
     llama = load_llama(model_path, spec.prompting.n_ctx, threads, None)
-    predictions, valid = [], []
+    predictions, valid, prompt_tokens, completion_tokens = [], [], [], []
     try:
         started = time.perf_counter()
         for _, row in examples.iterrows():
@@ -136,6 +168,8 @@ def run_naive(model_path: Path, threads: int, spec: ExperimentSpec, examples: pd
                 messages=messages, temperature=model.temperature, seed=example_seed(spec.prompting.base_seed, int(row["idx"])),
                 max_tokens=spec.prompting.max_tokens,
             )
+            prompt_tokens.append(response["usage"]["prompt_tokens"])
+            completion_tokens.append(response["usage"]["completion_tokens"])
             parsed = parse_answer(response["choices"][0]["message"].get("content") or "", rendered.answer_choices)
             predictions.append(parsed.label_index)
             valid.append(parsed.valid)
@@ -143,6 +177,7 @@ def run_naive(model_path: Path, threads: int, spec: ExperimentSpec, examples: pd
     finally:
         llama.close()
     return {"eps": len(examples) / seconds, "seconds": seconds, "valid_rate": float(np.mean(valid)),
+            "mean_prompt_tokens": float(np.mean(prompt_tokens)), "mean_completion_tokens": float(np.mean(completion_tokens)),
             **scores(examples["label"].to_numpy(), np.array(predictions))}
 
 
@@ -156,6 +191,8 @@ def run_product(spec: ExperimentSpec, examples: pd.DataFrame, method: str, state
     if frame["from_cache"].any():
         raise SystemExit("the product run found cached answers; the benchmark needs an empty state folder")
     return {"eps": len(examples) / seconds, "seconds": seconds, "valid_rate": float(frame["valid"].mean()),
+            "mean_prompt_tokens": float(frame["prompt_tokens"].mean()),
+            "mean_completion_tokens": float(frame["completion_tokens"].mean()),
             **scores(frame["label"].to_numpy(), frame["prediction"].to_numpy())}
 
 
@@ -194,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[STATE_DIR_VARIABLE] = str(Path(folder) / "state")
         model_path = resolve_gguf(spec, spec.prompt_models[0])
         text = " ".join(read_split_file(find_split_file(data_dir / "glue_cola", "train"), COLA_COLUMNS)["sentence"].head(400))
-        results["prompt_tps"], results["generation_tps"] = machine_speed(model_path, args.threads, text)
-        logger.info("machine: %.1f prompt tokens/s, %.1f generated tokens/s", results["prompt_tps"], results["generation_tps"])
+        results.update(machine_speed(model_path, args.threads, text))
+        logger.info("machine: %.1f prompt tokens/s, %.1f generated tokens/s (%.1f with %d sequences at once)",
+                    results["prompt_tps"], results["generation_tps"], results["batched_generation_tps"], BATCHED_SEQUENCES)
         sides = {
             "naive": lambda: run_naive(model_path, args.threads, spec, examples),
             "generated": lambda: run_product(spec, examples, "generate", Path(folder) / "generate"),
@@ -208,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in outcome.items():
                 results[f"{name}_{key}"] = round(value, 4) if isinstance(value, float) else value
     results["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-    results["prompt_tps"] = round(float(results["prompt_tps"]), 1)
-    results["generation_tps"] = round(float(results["generation_tps"]), 1)
+    for key in ("prompt_tps", "generation_tps", "batched_generation_tps"):
+        results[key] = round(float(results[key]), 1)
     results["generated_speedup"] = round(float(results["generated_eps"]) / float(results["naive_eps"]), 2)
     results["scoring_speedup"] = round(float(results["scoring_eps"]) / float(results["naive_eps"]), 2)
     text_out = json.dumps(results, indent=2)

@@ -134,10 +134,10 @@ def prompt_run_metrics(
         "mean_latency_s": float(predictions["latency_s"].mean()),
         "mean_completion_tokens": float(predictions["completion_tokens"].mean()),
         "truncated_answers": int((predictions["finish_reason"] == "length").sum()),
-        "model_sha256": str(predictions["model_sha256"].iloc[0]),
-        **provenance_columns({"n_classes": n_classes, "bootstrap_seed": spec.prompting.base_seed}),
         # Invalid answers per parsing.py reason, for example {"not_json": 2}; "{}" when all are valid.
         "invalid_reasons": json.dumps(predictions["invalid_reason"].dropna().value_counts().sort_index().to_dict()),
+        "model_sha256": str(predictions["model_sha256"].iloc[0]),
+        **provenance_columns({"n_classes": n_classes, "bootstrap_seed": spec.prompting.base_seed}),
     }
     frame = pd.DataFrame([row])
     path = store.write(RUN_METRICS_TABLE, context.partition_key, frame)
@@ -157,9 +157,9 @@ def prompt_run_metrics(
             "accuracy": metrics.accuracy,
             "mcc": metrics.mcc,
             "invalid_rate": metrics.invalid_rate,
+            "invalid_reasons": MetadataValue.json(json.loads(row["invalid_reasons"])),
             "flags": flags.labels or "none",
             "path": MetadataValue.path(str(path)),
-            "invalid_reasons": MetadataValue.json(json.loads(row["invalid_reasons"])),
             "preview": MetadataValue.md(markdown_preview(frame[["model", "template", "run", "macro_f1", "mcc", "invalid_rate", "flags"]])),
         }
     )
