@@ -198,20 +198,63 @@ def invalid_output_rates(run_metrics: pd.DataFrame, prompt_predictions: pd.DataF
     return rates
 
 
+PROMPTED_PARTITION_KEYS = ["dataset", "method", "model", "template", "run"]
+
+
+def busy_seconds(starts, ends) -> float:
+    """Return the length of the union of the [start, end] intervals, in seconds.
+
+    Overlapping intervals (outputs generated in one batch) count once, and gaps between them
+    (a partition resumed later) count not at all.
+    """
+    order = np.argsort(np.asarray(starts, dtype=float))
+    starts = np.asarray(starts, dtype=float)[order]
+    ends = np.asarray(ends, dtype=float)[order]
+    total = 0.0
+    current_start, current_end = None, None
+    for start, end in zip(starts, ends):
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return float(total)
+
+
+def _prompted_seconds(partition: pd.DataFrame) -> tuple[float, str]:
+    """Wall seconds one prompted partition spent generating, and how they were measured."""
+    if "finished_at" in partition and partition["finished_at"].notna().all():
+        ends = pd.to_datetime(partition["finished_at"], utc=True).astype("int64").to_numpy() / 1e9
+        starts = ends - partition["latency_s"].to_numpy(dtype=float)
+        return busy_seconds(starts, ends), "busy wall time"
+    return float(partition["latency_s"].sum()), "sum of latencies"
+
+
 def cost_per_thousand(prompt_predictions: pd.DataFrame, finetune_metrics: pd.DataFrame) -> pd.DataFrame:
     """Estimate seconds of compute per 1,000 classifications from stored timings, on the machine
     that ran them.
 
-    Prompted: mean latency_s of the outputs. A cached output keeps the latency of the generation
-    that produced it. Finetuned: mean infer_seconds_per_example, with the one-off training time.
+    Prompted: the wall time during which each partition was generating, from each output's
+    finish time (finished_at) and latency, summed over partitions and divided by the outputs.
+    A batched backend runs several generations at once, so their latencies overlap and their mean
+    would overstate the cost. Without finished_at the latencies are summed, which assumes one
+    generation at a time. A cached output keeps the timing of the generation that produced it.
+    Finetuned: mean infer_seconds_per_example, with the one-off training time.
     """
     rows = []
     if not prompt_predictions.empty:
         for (dataset, model), group in prompt_predictions.groupby(["dataset", "model"], sort=True):
+            measured = [_prompted_seconds(partition) for _, partition in group.groupby(PROMPTED_PARTITION_KEYS)]
+            backends = sorted(group["backend"].dropna().astype(str).unique()) if "backend" in group else []
             rows.append(
                 {"dataset": dataset, "approach": "prompted", "system": model, "timed_predictions": len(group),
-                 "seconds_per_1000": float(group["latency_s"].mean()) * SECONDS_PER_THOUSAND,
-                 "train_seconds_mean": np.nan, "device": "cpu (llama.cpp)"}
+                 "seconds_per_1000": sum(seconds for seconds, _ in measured) / len(group) * SECONDS_PER_THOUSAND,
+                 "mean_latency_s": float(group["latency_s"].mean()), "train_seconds_mean": np.nan,
+                 "device": ",".join(backends) or "not stored",
+                 "basis": ", ".join(sorted({basis for _, basis in measured}))}
             )
     if not finetune_metrics.empty:
         systems = finetune_metrics.assign(system=finetuned_systems(finetune_metrics))
@@ -219,8 +262,9 @@ def cost_per_thousand(prompt_predictions: pd.DataFrame, finetune_metrics: pd.Dat
             rows.append(
                 {"dataset": dataset, "approach": "finetuned", "system": system, "timed_predictions": int(group["n"].sum()),
                  "seconds_per_1000": float(group["infer_seconds_per_example"].mean()) * SECONDS_PER_THOUSAND,
-                 "train_seconds_mean": float(group["train_seconds"].mean()),
-                 "device": ",".join(sorted(group["device"].astype(str).unique()))}
+                 "mean_latency_s": np.nan, "train_seconds_mean": float(group["train_seconds"].mean()),
+                 "device": ",".join(sorted(group["device"].astype(str).unique())),
+                 "basis": "infer_seconds_per_example"}
             )
     return pd.DataFrame(rows)
 

@@ -184,10 +184,11 @@ def render_report(inputs: ReportInputs) -> RenderedReport:
         ])),
         Section("cost", "Cost per 1,000 classifications", "".join([
             paragraph(
-                "Seconds of compute per 1,000 evaluation examples, from the latencies stored with the rows, "
-                "on the machine and device that produced them. Prompted: mean latency per output. When the "
-                "backend generates several outputs at once, their latencies overlap and this overstates the "
-                "cost. Finetuned: mean inference time per example. Training is a one-off cost, in "
+                "Seconds of compute per 1,000 evaluation examples, from the timings stored with the rows, "
+                "on the machine and device that produced them (see basis). Prompted: the wall time during "
+                "which each run was generating, divided by its outputs. A batched backend generates several "
+                "outputs at once, so mean_latency_s, the wait for one output, is longer than the cost per "
+                "output. Finetuned: mean inference time per example. Training is a one-off cost, in "
                 "train_seconds_mean."
             ),
             table_html(cost_per_thousand(inputs.prompt_predictions, inputs.finetune_metrics)),

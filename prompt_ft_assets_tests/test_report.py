@@ -17,6 +17,7 @@ from prompt_ft_assets.parsing import INVALID_LABEL
 from prompt_ft_assets.report_content import (
     StatisticsSettings,
     align_pairs,
+    busy_seconds,
     best_prompted_configs,
     cost_per_thousand,
     final_comparison,
@@ -399,3 +400,37 @@ def test_train_sizes_are_separate_systems(rows):
         ["enc", 0], ["enc", 1], ["enc (100 train examples)", 0], ["enc (100 train examples)", 1],
     ]
     assert tests["n"].tolist() == [10, 10, 10, 10]
+
+
+@pytest.mark.parametrize(
+    "starts, ends, expected",
+    [
+        ([0.0], [2.0], 2.0),
+        ([0.0, 0.0, 0.0], [3.0, 1.0, 2.0], 3.0),
+        ([0.0, 1.0], [2.0, 4.0], 4.0),
+        ([5.0, 0.0], [6.0, 1.0], 2.0),
+        ([], [], 0.0),
+    ],
+)
+def test_busy_seconds_is_union_length(starts, ends, expected):
+    assert busy_seconds(starts, ends) == pytest.approx(expected)
+
+
+def test_cost_of_batched_outputs_uses_wall_time(rows):
+    predictions = rows["prompt_predictions"].query("model == 'good' and template == 't1' and run == 0").copy()
+    # Ten outputs generated together: each waits 4 s, and the batch is busy from t=0 to t=5.
+    predictions["latency_s"] = 4.0
+    finished = pd.Timestamp("2026-01-01T00:00:00Z") + pd.to_timedelta(np.linspace(4, 5, 10), unit="s")
+    predictions["finished_at"] = finished
+    predictions["backend"] = "llama_cpp_batched"
+    cost = cost_per_thousand(predictions, pd.DataFrame()).set_index("system")
+    assert cost.loc["good", "seconds_per_1000"] == pytest.approx(500.0)
+    assert cost.loc["good", "mean_latency_s"] == pytest.approx(4.0)
+    assert cost.loc["good", "basis"] == "busy wall time"
+    assert cost.loc["good", "device"] == "llama_cpp_batched"
+
+
+def test_cost_without_finish_times_sums_latencies(rows):
+    cost = cost_per_thousand(rows["prompt_predictions"], pd.DataFrame()).set_index("system")
+    assert cost.loc["good", "basis"] == "sum of latencies"
+    assert cost.loc["good", "device"] == "not stored"

@@ -11,6 +11,7 @@ from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, 
 from pydantic import Field
 
 from ..paths import default_experiment, figures_dir, reports_dir, state_dir
+from ..prompt_runner import CACHE_TABLE
 from ..report_content import StatisticsSettings
 from ..report_page import ReportInputs, render_report, summary_markdown
 from ..resources import ExperimentResource, ResultsStoreResource
@@ -25,6 +26,7 @@ from .prompted import PREDICTIONS_TABLE, RUN_METRICS_TABLE
 PROMPT_PREDICTION_COLUMNS = (
     "dataset", "method", "model", "template", "run", "idx", "label", "prediction", "invalid_reason", "latency_s",
 )
+OPTIONAL_PROMPT_COLUMNS = ("backend", "cache_key")
 FINETUNE_PREDICTION_COLUMNS = ("dataset", "encoder", "seed", "idx", "label", "prediction")
 # Finetune rows carry train_size since runs can train on subsets; older rows lack the column.
 OPTIONAL_FINETUNE_COLUMNS = ("train_size",)
@@ -51,6 +53,16 @@ def _read_columns(
         present = {row[0] for row in connection.execute(f"DESCRIBE {table}").fetchall()}
         selected = [*columns, *(column for column in optional if column in present)]
         return connection.execute(f"SELECT {', '.join(selected)} FROM {table}").df()
+
+
+def _read_prompt_predictions(store: ResultsStore) -> pd.DataFrame:
+    """Prompted predictions with finished_at, the time each output's generation ended, taken from
+    prediction_cache's created_at when the cache is stored beside them."""
+    frame = _read_columns(store, PREDICTIONS_TABLE, PROMPT_PREDICTION_COLUMNS, OPTIONAL_PROMPT_COLUMNS)
+    if frame.empty or "cache_key" not in frame or not store.files(CACHE_TABLE):
+        return frame
+    finished = store.query(f"SELECT cache_key, max(created_at) AS finished_at FROM {CACHE_TABLE} GROUP BY cache_key")
+    return frame.merge(finished, on="cache_key", how="left")
 
 
 def _class_counts(spec, *frames: pd.DataFrame) -> dict[str, int]:
@@ -88,7 +100,7 @@ def report(
     spec_path = Path(experiment.spec_path or default_experiment())
     spec = experiment.load()
     store = results.store()
-    prompt_predictions = _read_columns(store, PREDICTIONS_TABLE, PROMPT_PREDICTION_COLUMNS)
+    prompt_predictions = _read_prompt_predictions(store)
     finetune_predictions = _read_columns(
         store, FINETUNE_PREDICTIONS_TABLE, FINETUNE_PREDICTION_COLUMNS, OPTIONAL_FINETUNE_COLUMNS
     )
