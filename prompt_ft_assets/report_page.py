@@ -159,7 +159,12 @@ def _settings_body(inputs: ReportInputs) -> str:
         "<h3>Report statistics</h3>", table_html(statistics),
         "<h3>Code and library versions of the stored rows</h3>",
         table_html(provenance_settings(run_metrics, finetune_metrics)),
-        "<h3>Experiment spec</h3>", preformatted(inputs.spec_text),
+        "<h3>Experiment spec</h3>",
+        paragraph(
+            "The file as read when this report was written. If it changed after the runs, the settings "
+            "stored with the rows, in the tables above, are the ones the runs used."
+        ),
+        preformatted(inputs.spec_text),
     ])
 
 
