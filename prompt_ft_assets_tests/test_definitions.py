@@ -11,6 +11,7 @@ EXPECTED_ASSETS = {
     "finetuned_encoder",
     "finetune_metrics",
     "summary_tables",
+    "report",
 }
 
 
