@@ -22,6 +22,11 @@ logger = logging.getLogger("prompt_ft_assets.cli")
 # The console shows Dagster's INFO lines and up, so the progress bar stays readable. The instance
 # still stores every event, DEBUG included, for the UI's run logs.
 CONSOLE_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Stages whose materialized partitions are skipped; the others (votes, domain, analysis) read every
+# upstream partition, so they run again whenever `prompt-ft run` runs.
+SKIPPED_WHEN_DONE = ("data", "statistics", "prompted", "contamination", "calibration", "selection", "finetune")
+STAGES = ["data", "statistics", "prompted", "contamination", "calibration", "votes", "selection", "finetune", "domain",
+          "analysis"]
 
 
 @dataclass
@@ -49,6 +54,9 @@ def run_experiment(spec_path: Path, force: bool = False, stages: list[str] | Non
     from .definitions import defs
     from .instance_home import prepare_dagster_home
     from .partitions import (
+        calibration_partition_keys,
+        contamination_dataset_ids,
+        domain_dataset_ids,
         finetune_partition_keys,
         finetune_selection_partition_keys,
         prompted_partition_keys,
@@ -66,11 +74,18 @@ def run_experiment(spec_path: Path, force: bool = False, stages: list[str] | Non
     datasets = [dataset.id for dataset in spec.datasets]
     plan = [
         ("data", "data_job", "prompt_templates", datasets),
+        ("statistics", "statistics_job", "dataset_statistics", datasets),
         ("prompted", "prompted_job", "prompt_run_metrics", prompted_partition_keys(spec)),
+        # Every dataset when the spec has a contamination section; the probe reads only the data.
+        ("contamination", "contamination_job", "contamination_probe", contamination_dataset_ids(spec)),
+        # Each label-scoring partition, unless prompting.calibration is null.
+        ("calibration", "calibration_job", "score_calibration", calibration_partition_keys(spec)),
         ("votes", "votes_job", "vote_aggregates", datasets if spec.prompt_models else []),
         # Hyperparameter selection runs only when the spec sets finetune.grid; finetunes read its choice.
         ("selection", "selection_job", "finetune_selection", finetune_selection_partition_keys(spec)),
         ("finetune", "finetune_job", "finetune_metrics", finetune_partition_keys(spec)),
+        # Only datasets whose spec names a domain field.
+        ("domain", "domain_job", "domain_metrics", domain_dataset_ids(spec)),
         ("analysis", "analysis_job", None, [None]),
     ]
     outcome = StageOutcome()
@@ -87,7 +102,7 @@ def run_experiment(spec_path: Path, force: bool = False, stages: list[str] | Non
             for key in keys:
                 label = f"{stage}:{key}" if key is not None else stage
                 progress.set_postfix_str(label[-60:])
-                if key is not None and str(key) in done and stage in ("data", "prompted", "selection", "finetune"):
+                if key is not None and str(key) in done and stage in SKIPPED_WHEN_DONE:
                     outcome.skipped.append(label)
                     progress.update(1)
                     continue
@@ -161,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", type=Path, help="experiment spec YAML, for example experiments/quickstart.yaml")
     run.add_argument("--force", action="store_true", help="rerun partitions that are already materialized")
     run.add_argument(
-        "--stage", action="append", choices=["data", "prompted", "votes", "selection", "finetune", "analysis"],
+        "--stage", action="append", choices=STAGES,
         help="run only this stage (repeatable); all stages by default",
     )
     ui = commands.add_parser("ui", help="open the Dagster UI")

@@ -4,6 +4,9 @@ from dagster import Definitions
 
 from .assets.aggregation import vote_aggregates
 from .assets.analysis import figures, summary_tables
+from .assets.breakdowns import dataset_statistics, domain_metrics
+from .assets.calibrated import score_calibration
+from .assets.contamination import contamination_probe
 from .assets.data import dataset, prompt_templates
 from .assets.finetuned import finetune_metrics, finetune_selection, finetuned_encoder
 from .assets.prompted import prompt_predictions, prompt_run_metrics
@@ -18,12 +21,16 @@ defs = Definitions(
     assets=[
         dataset,
         prompt_templates,
+        dataset_statistics,
         prompt_predictions,
         prompt_run_metrics,
+        score_calibration,
+        contamination_probe,
         vote_aggregates,
         finetune_selection,
         finetuned_encoder,
         finetune_metrics,
+        domain_metrics,
         summary_tables,
         figures,
         report,

@@ -6,6 +6,7 @@ Bars show the mean macro F1 with the standard deviation as an error bar. Groups 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -15,8 +16,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 FLAGGED_HATCH = "//"
+# Colors of grouped bars and series, in order.
+BAR_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 FIGURE_DPI = 110
 FLAG_NOTE = "hatched: includes flagged runs (one class, near chance or >10% invalid)"
+
+
+def save_figure(figure, path: Path, note: str | None = None) -> Path:
+    """Lay out the figure with the note in a footer strip below the axes, write it to path through a
+    temporary file (a reader never sees half a PNG) and close it."""
+    if note:
+        figure.text(0.01, 0.01, note, fontsize=7, va="bottom", ha="left", color="#c44e52")
+        figure.tight_layout(rect=(0, 0.05, 1, 1))
+    else:
+        figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    figure.savefig(partial, dpi=FIGURE_DPI, format="png")
+    plt.close(figure)
+    os.replace(partial, path)
+    return path
 
 
 def _label(row: pd.Series, columns: list[str]) -> str:
@@ -45,18 +64,19 @@ def bar_figure(table: pd.DataFrame, label_columns: list[str], title: str, path: 
         axis.invert_yaxis()
         axis.set_xlim(0, 1)
         axis.set_xlabel("macro F1 (mean +- std)")
-        if flagged.sum() > 0:
-            axis.text(0.0, -0.08, FLAG_NOTE, transform=axis.transAxes, fontsize=7, va="top", color="#c44e52")
+    note = FLAG_NOTE if not table.empty and flagged.sum() > 0 else None
     axis.set_title(title, fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=FIGURE_DPI)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, note)
 
 
-def line_figure(table: pd.DataFrame, x: str, series: str, title: str, path: Path, log_x: bool = False) -> Path:
-    """Mean macro F1 +- std against x, one line per value of series."""
+def line_figure(
+    table: pd.DataFrame, x: str, series: str, title: str, path: Path, log_x: bool = False, x_label: str | None = None
+) -> Path:
+    """Mean macro F1 +- std against x, one line per value of series.
+
+    With log_x, an x of 0 (zero-shot prompting on the learning curve) switches the axis to a
+    symmetric log scale, linear from 0 to 1 and logarithmic above, because a log axis has no 0.
+    """
     figure, axis = plt.subplots(figsize=(7, 4))
     if table.empty:
         axis.text(0.5, 0.5, "no results yet", ha="center", va="center")
@@ -67,20 +87,17 @@ def line_figure(table: pd.DataFrame, x: str, series: str, title: str, path: Path
             flagged = group[group.get("flagged_runs", 0) > 0] if "flagged_runs" in group else group.iloc[0:0]
             if not flagged.empty:
                 axis.scatter(flagged[x], flagged["macro_f1_mean"], marker="x", color="#c44e52", s=60, zorder=3)
-        if log_x:
+        if log_x and (table[x] <= 0).any():
+            axis.set_xscale("symlog", linthresh=1)
+        elif log_x:
             axis.set_xscale("log")
-        axis.set_xlabel(x)
+        axis.set_xlabel(x_label or x)
         axis.set_ylabel("macro F1 (mean +- std)")
         axis.set_ylim(0, 1)
         axis.legend(fontsize=7)
-        if "flagged_runs" in table and table["flagged_runs"].sum() > 0:
-            axis.text(0.0, -0.15, "red x: includes flagged runs", transform=axis.transAxes, fontsize=7, color="#c44e52")
+    flagged_any = not table.empty and "flagged_runs" in table and table["flagged_runs"].sum() > 0
     axis.set_title(title, fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=FIGURE_DPI)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, "red x: includes flagged runs" if flagged_any else None)
 
 
 def comparison_figure(table: pd.DataFrame, title: str, path: Path) -> Path:

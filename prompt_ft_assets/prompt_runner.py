@@ -1,9 +1,10 @@
 """Run one prompted partition: render, reuse cached answers, compute the missing ones, parse, and
 build the rows.
 
-Two methods share this flow. `generate` samples a rationale-first JSON answer per example,
-batched in this process by llama.cpp or sent to an OpenAI-compatible server. `score` computes the
-log-probability of each answer choice after the prompt and predicts the most likely choice.
+Two methods share this flow. `generate` samples a JSON answer per example in the run's answer
+format (rationale first by default) at the run's temperature, batched in this process by llama.cpp
+or sent to an OpenAI-compatible server. `score` computes the log-probability of each answer
+choice after the prompt and predicts the most likely choice.
 
 Answers are written to the prediction cache in small chunks as they finish. A run that is
 killed keeps every flushed chunk, and the rerun computes only the examples whose cache key is
@@ -22,14 +23,16 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
+from .answer_formats import DEFAULT_ANSWER_FORMAT, AnswerFormat, parse_answer_format
 from .llama_batch import ChoiceScores, GenerationRequest, ScoreRequest
 from .parsing import INVALID_LABEL, parse_answer
 from .prompt_backends import BackendPlan, open_backend, plan_backend
-from .prompting import answer_grammar, build_messages, build_score_messages, cache_key, example_seed
+from .prompt_shots import ShotDraw, render_shots
+from .prompting import Shot, answer_grammar, build_messages, build_score_messages, cache_key, example_seed
 from .provenance import provenance_columns
 from .spec import DatasetSpec, ExperimentSpec, PromptModelSpec
 from .store import ResultsStore, partition_file_name
@@ -124,27 +127,36 @@ class CacheWriter:
 
 def _pending_examples(
     spec: ExperimentSpec, dataset: DatasetSpec, model: PromptModelSpec, template: PromptTemplate,
-    examples: pd.DataFrame, plan: BackendPlan, method: str, run_seed: int,
+    examples: pd.DataFrame, plan: BackendPlan, method: str, run_seed: int, shots: Sequence[Shot] = (),
+    temperature: float | None = None, answer_format: AnswerFormat | None = None,
 ) -> list[PendingExample]:
+    """The request and cache key of every example. The messages (instruction and k-shot answers) and
+    the grammar follow the answer format, and the sampling settings hold the temperature, so runs
+    of different formats or temperatures never share a cache key. None takes the model's default
+    temperature and the default format."""
     settings = spec.prompting
+    temperature = model.temperature if temperature is None else temperature
+    answer_format = answer_format or parse_answer_format(DEFAULT_ANSWER_FORMAT)
+    rationale_chars = answer_format.rationale_bound(settings.max_rationale_chars)
     pending = []
     for _, row in examples.iterrows():
         fields = {field: row[field] for field in dataset.text_fields}
         fields["label"] = int(row["label"])
         rendered = render(template, fields, seed=run_seed)
         if method == SCORE:
-            messages = build_score_messages(rendered.prompt)
+            messages = build_score_messages(rendered.prompt, shots)
             grammar = None
             seed = 0
             sampling = {"method": SCORE, "choices": rendered.answer_choices, "chat_format": model.chat_format,
                         "backend": plan.cache_settings}
         else:
-            messages = build_messages(rendered.prompt, rendered.answer_choices, model, settings.max_rationale_chars)
-            grammar = answer_grammar(rendered.answer_choices, settings.max_rationale_chars)
+            messages = build_messages(rendered.prompt, rendered.answer_choices, model, settings.max_rationale_chars, shots,
+                                      answer_format)
+            grammar = answer_grammar(rendered.answer_choices, settings.max_rationale_chars, answer_format)
             seed = example_seed(run_seed, int(row["idx"]))
             sampling = {
-                "temperature": model.temperature,
-                "max_tokens": settings.max_tokens,
+                "temperature": temperature,
+                "max_tokens": settings.max_tokens_for(rationale_chars),
                 "grammar_sha256": hashlib.sha256(grammar.encode()).hexdigest(),
                 "chat_format": model.chat_format,
                 "backend": plan.cache_settings,
@@ -156,13 +168,13 @@ def _pending_examples(
     return pending
 
 
-def _generation_rows(backend, missing: list[PendingExample], model: PromptModelSpec, max_tokens: int,
+def _generation_rows(backend, missing: list[PendingExample], temperature: float, max_tokens: int,
                      plan: BackendPlan) -> Iterable[dict[str, object]]:
     requests = [GenerationRequest(item.messages, item.seed, item.grammar) for item in missing]
-    for index, generation in backend.generate(requests, model.temperature, max_tokens):
+    for index, generation in backend.generate(requests, temperature, max_tokens):
         item = missing[index]
         yield {"cache_key": item.key, "model_sha256": plan.model_sha256, "seed": item.seed,
-               "temperature": model.temperature, "created_at": pd.Timestamp.now(tz="UTC"),
+               "temperature": temperature, "created_at": pd.Timestamp.now(tz="UTC"),
                "backend": plan.kind, "method": GENERATE, "choice_scores": None, **asdict(generation)}
 
 
@@ -178,14 +190,14 @@ def _score_rows(backend, missing: list[PendingExample], plan: BackendPlan) -> It
                    "latency_s": result.latency_s}
 
 
-def _answer_missing(spec, model, plan, missing, method, store, partition_key, log) -> None:
+def _answer_missing(spec, model, plan, missing, method, store, partition_key, log, temperature, max_tokens) -> None:
     """Compute the missing answers and write them to the cache as they finish."""
     backend = open_backend(spec, model, plan)
     writer = CacheWriter(store, plan.model_sha256, partition_key, SCORE_CHUNK if method == SCORE else CACHE_CHUNK)
     report = _progress_logger(len(missing), log)
     try:
         rows = (_score_rows(backend, missing, plan) if method == SCORE
-                else _generation_rows(backend, missing, model, spec.prompting.max_tokens, plan))
+                else _generation_rows(backend, missing, temperature, max_tokens, plan))
         for row in rows:
             writer.add(row)
             report(writer.written + len(writer.rows))
@@ -199,15 +211,17 @@ def _parse_scores(row: pd.Series, choices: list[str]) -> dict[str, object]:
     scores = json.loads(row["choice_scores"])
     if len(scores) != len(choices) or not all(math.isfinite(score) for score in scores):
         return {"rationale": None, "label_text": None, "prediction": INVALID_LABEL, "valid": False,
-                "invalid_reason": REASON_NON_FINITE}
+                "invalid_reason": REASON_NON_FINITE, "format_followed": None}
     best = max(range(len(scores)), key=lambda i: scores[i])
-    return {"rationale": None, "label_text": choices[best], "prediction": best, "valid": True, "invalid_reason": None}
+    return {"rationale": None, "label_text": choices[best], "prediction": best, "valid": True, "invalid_reason": None,
+            "format_followed": None}
 
 
-def _parse_generation(row: pd.Series, choices: list[str]) -> dict[str, object]:
-    parsed = parse_answer(str(row["text"]), choices)
+def _parse_generation(row: pd.Series, choices: list[str], answer_format: AnswerFormat) -> dict[str, object]:
+    parsed = parse_answer(str(row["text"]), choices, answer_format)
     return {"rationale": parsed.rationale, "label_text": parsed.label_text, "prediction": parsed.label_index,
-            "valid": parsed.valid, "invalid_reason": None if parsed.valid else parsed.reason}
+            "valid": parsed.valid, "invalid_reason": None if parsed.valid else parsed.reason,
+            "format_followed": parsed.format_followed}
 
 
 def run_prompt_partition(
@@ -221,18 +235,32 @@ def run_prompt_partition(
     partition_key: str,
     log: Callable[[str], None] = logger.info,
     method: str = GENERATE,
+    shots: ShotDraw | None = None,
+    temperature: float | None = None,
+    answer_format: str = DEFAULT_ANSWER_FORMAT,
 ) -> pd.DataFrame:
-    """Predictions for every example: one row per (example, model, template, method, run).
+    """Predictions for every example: one row per (example, model, template, method, shots, temperature,
+    answer format, run).
 
     For `score`, choice_scores holds the summed log-probability of each answer choice (JSON list
     in answer-choice order) and the prediction is the highest; run is 0 and no sampling happens.
+    shots holds the labeled train examples shown before each example (prompt_shots.draw_shots);
+    None is zero-shot. temperature None samples at the model's default, and answer_format names the
+    JSON layout of `generate` answers (answer_formats.py); `score` ignores both.
     """
     if method not in (GENERATE, SCORE):
         raise ValueError(f"prompting method {method!r} is unknown; use 'generate' or 'score'")
     settings = spec.prompting
     run_seed = settings.base_seed + run
+    default_temperature = temperature is None or method == SCORE
+    temperature = model.temperature if temperature is None else temperature
+    answer_layout = parse_answer_format(answer_format)
+    max_tokens = settings.max_tokens_for(answer_layout.rationale_bound(settings.max_rationale_chars))
+    shots = shots or ShotDraw(0, 0, examples.iloc[0:0])
+    rendered_shots = render_shots(template, shots.rows, dataset.text_fields, run_seed)
     plan = plan_backend(spec, model)
-    pending = _pending_examples(spec, dataset, model, template, examples, plan, method, run_seed)
+    pending = _pending_examples(spec, dataset, model, template, examples, plan, method, run_seed, rendered_shots,
+                                temperature, answer_layout)
 
     keys = [item.key for item in pending]
     cached = read_cached_answers(store, plan.model_sha256, keys)
@@ -241,7 +269,7 @@ def run_prompt_partition(
     log(f"{len(pending) - len(missing)} of {len(pending)} answers found in the cache, {len(missing)} to compute "
         f"({method}, {plan.kind})")
     if missing:
-        _answer_missing(spec, model, plan, missing, method, store, partition_key, log)
+        _answer_missing(spec, model, plan, missing, method, store, partition_key, log, temperature, max_tokens)
         cached = read_cached_answers(store, plan.model_sha256, keys)
 
     by_key = cached.set_index("cache_key")
@@ -251,20 +279,26 @@ def run_prompt_partition(
                            "materialize the partition again")
     provenance = provenance_columns(
         {"method": method, "run_seed": run_seed, "max_rationale_chars": settings.max_rationale_chars,
-         "max_tokens": settings.max_tokens, "temperature": model.temperature, "chat_format": model.chat_format,
-         "model_location": plan.location, "backend": plan.cache_settings, "parallel": model.backend.parallel}
+         "max_tokens": max_tokens, "temperature": temperature, "answer_format": answer_layout.name,
+         "rationale_bound": answer_layout.rationale_bound(settings.max_rationale_chars), "chat_format": model.chat_format,
+         "model_location": plan.location, "backend": plan.cache_settings, "parallel": model.backend.parallel,
+         **shots.columns()}
     )
     missing_keys = {item.key for item in missing}
     rows = []
     for item, (_, example) in zip(pending, examples.iterrows()):
         answer = by_key.loc[item.key]
-        parsed = _parse_scores(answer, item.answer_choices) if method == SCORE else _parse_generation(answer, item.answer_choices)
+        parsed = (_parse_scores(answer, item.answer_choices) if method == SCORE
+                  else _parse_generation(answer, item.answer_choices, answer_layout))
         rows.append(
             {
                 "dataset": dataset.id, "split": dataset.eval_split, "idx": item.idx,
                 "model": model.name, "template": template.slug, "template_id": template.id,
-                "run": run, "method": method, "seed": item.seed, "run_seed": run_seed,
-                "temperature": model.temperature if method == GENERATE else 0.0,
+                "run": run, "method": method, "seed": item.seed, "run_seed": run_seed, **shots.columns(),
+                "temperature": temperature if method == GENERATE else 0.0,
+                # False for a run of prompting.temperatures at another value than the model's default.
+                "temperature_is_default": default_temperature,
+                "answer_format": answer_layout.name if method == GENERATE else None,
                 "prompt": item.messages[-1]["content"],
                 "answer_choices": json.dumps(item.answer_choices), "raw_output": answer["text"],
                 **parsed,
@@ -272,6 +306,8 @@ def run_prompt_partition(
                 "choice_scores": answer["choice_scores"] if method == SCORE else None,
                 "finish_reason": answer["finish_reason"], "prompt_tokens": int(answer["prompt_tokens"]),
                 "completion_tokens": int(answer["completion_tokens"]), "latency_s": float(answer["latency_s"]),
+                # When the answer was computed (the cache row's created_at), for busy-time cost estimates.
+                "finished_at": answer["created_at"],
                 "from_cache": item.key not in missing_keys, "cache_key": item.key, "model_sha256": plan.model_sha256,
                 "backend": plan.kind,
                 **{field: example[field] for field in dataset.metadata_fields},

@@ -4,54 +4,80 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from .answer_formats import (
+    DEFAULT_ANSWER_FORMAT,
+    RATIONALE_FIRST_INSTRUCTION,
+    AnswerFormat,
+    answer_instruction,
+    example_answer,
+    format_grammar,
+    parse_answer_format,
+)
 from .spec import PromptModelSpec
 
-ANSWER_INSTRUCTION = (
-    "Reply with only a JSON object. Give your reasoning first in at most {max_chars} characters, "
-    'then the answer: {{"rationale": "<your reasoning>", "label": "<answer>"}}. '
-    "The answer must be exactly one of: {choices}."
-)
+# The default (rationale-first) format's instruction. answer_formats.py contains the other formats' texts.
+ANSWER_INSTRUCTION = RATIONALE_FIRST_INSTRUCTION
 
 
-def build_messages(prompt: str, answer_choices: list[str], model: PromptModelSpec, max_chars: int) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class Shot:
+    """One labeled train example shown before the evaluation example in k-shot prompting."""
+
+    prompt: str
+    answer: str  # the gold answer choice
+
+
+def shot_answer(answer: str, answer_format: AnswerFormat | None = None) -> str:
+    """A generate shot's assistant turn: the JSON answer in the run's format with the gold label and an
+    empty rationale, because train examples carry no rationale. It matches the answer grammar's layout."""
+    return example_answer(answer_format or parse_answer_format(DEFAULT_ANSWER_FORMAT), answer)
+
+
+def _shot_turns(shots: Sequence[Shot], generate: bool, answer_format: AnswerFormat | None = None) -> list[dict[str, str]]:
+    turns = []
+    for shot in shots:
+        turns.append({"role": "user", "content": shot.prompt})
+        turns.append({"role": "assistant", "content": shot_answer(shot.answer, answer_format) if generate else shot.answer})
+    return turns
+
+
+def build_messages(
+    prompt: str, answer_choices: list[str], model: PromptModelSpec, max_chars: int, shots: Sequence[Shot] = (),
+    answer_format: AnswerFormat | None = None,
+) -> list[dict[str, str]]:
     """The chat messages for one example: the rendered template, then the answer-format instruction.
 
+    answer_format picks the instruction (answer_formats.py); None is the default rationale-first
+    format, and max_chars is prompting.max_rationale_chars, which a bounded format lowers.
+
     The instruction goes into the user turn, because some chat formats (gemma) drop system messages.
+    Each k-shot example comes first as a user turn with its rendered template and an assistant turn
+    with its JSON answer, so the last turn is the zero-shot message unchanged.
     """
-    choices = ", ".join(json.dumps(choice) for choice in answer_choices)
-    instruction = ANSWER_INSTRUCTION.format(max_chars=max_chars, choices=choices)
-    return [{"role": "user", "content": f"{prompt}\n\n{instruction}"}]
+    answer_format = answer_format or parse_answer_format(DEFAULT_ANSWER_FORMAT)
+    instruction = answer_instruction(answer_format, answer_choices, max_chars)
+    return [*_shot_turns(shots, True, answer_format), {"role": "user", "content": f"{prompt}\n\n{instruction}"}]
 
 
-def build_score_messages(prompt: str) -> list[dict[str, str]]:
+def build_score_messages(prompt: str, shots: Sequence[Shot] = ()) -> list[dict[str, str]]:
     """The chat messages for label scoring: the rendered template alone, with no answer-format
     instruction, as lm-evaluation-harness scores multiple-choice prompts. The answer choice is
-    scored as the first words of the assistant turn."""
-    return [{"role": "user", "content": prompt}]
+    scored as the first words of the assistant turn, so each k-shot example comes first as a user
+    turn and an assistant turn that contains its gold answer choice alone."""
+    return [*_shot_turns(shots, generate=False), {"role": "user", "content": prompt}]
 
 
-def _gbnf_literal(text: str) -> str:
-    # A GBNF string literal holding the JSON encoding of text.
-    return json.dumps(json.dumps(text))
+def answer_grammar(answer_choices: list[str], max_rationale_chars: int, answer_format: AnswerFormat | None = None) -> str:
+    """Build a GBNF grammar for the format's JSON answer, by default `{"rationale": "...", "label": "<choice>"}`.
 
-
-def answer_grammar(answer_choices: list[str], max_rationale_chars: int) -> str:
-    """A GBNF grammar for `{"rationale": "...", "label": "<choice>"}` with a bounded rationale.
-
-    The rationale is limited to max_rationale_chars JSON string characters, so a max_tokens of at
-    least that many plus the fixed parts always leaves room to close the object.
+    The rationale is limited to the format's bound in JSON string characters (max_rationale_chars
+    unless the format sets a lower one), so a max_tokens of at least that many plus the fixed parts
+    always leaves room to close the object.
     """
-    if not answer_choices:
-        raise ValueError("a template without answer choices cannot be used for classification")
-    labels = " | ".join(_gbnf_literal(choice) for choice in answer_choices)
-    return "\n".join(
-        [
-            'root ::= "{\\"rationale\\": \\"" rationale-char{0,' + str(max_rationale_chars) + '} "\\", \\"label\\": " label "}"',
-            'rationale-char ::= [^"\\\\\\x00-\\x1f] | "\\\\" ["\\\\/bfnrt]',
-            f"label ::= {labels}",
-        ]
-    )
+    return format_grammar(answer_format or parse_answer_format(DEFAULT_ANSWER_FORMAT), answer_choices, max_rationale_chars)
 
 
 def example_seed(run_seed: int, example_idx: int) -> int:

@@ -17,9 +17,15 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .answer_formats import DEFAULT_ANSWER_FORMAT, AnswerFormatError, parse_answer_format
+
 # Partition keys join names with "__", and Dagster joins multi-partition keys with "|".
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 PARTITION_SEPARATOR = "__"
+# Sampling temperatures are accepted from 0 (greedy) to this value.
+MAX_TEMPERATURE = 2.0
+# Fixed JSON parts of an answer (braces, keys, quotes, the label), in tokens, on top of the rationale's bound.
+ANSWER_OVERHEAD_TOKENS = 48
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -79,6 +85,25 @@ class PromptsourceRef(_StrictModel):
     subset: str | None = Field(default=None, description="promptsource subset name, for example cola.")
 
 
+class DomainSpec(_StrictModel):
+    """How a metadata field splits the evaluation examples into in-domain and out-of-domain rows."""
+
+    field: str = Field(description="Metadata column whose value names the example's source, for example CoLA's source.")
+    out_of_domain: list[str] = Field(min_length=1, description="Values of the field that mark out-of-domain examples.")
+    in_domain: list[str] | None = Field(
+        default=None,
+        description="Values that mark in-domain examples; every value not in out_of_domain when omitted. When given, "
+        "a value in neither list is an error.",
+    )
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "DomainSpec":
+        both = sorted(set(self.out_of_domain) & set(self.in_domain or []))
+        if both:
+            raise ValueError(f"domain values {both} are listed as both in_domain and out_of_domain; keep each in one list")
+        return self
+
+
 class DatasetSpec(_StrictModel):
     id: str = Field(description="Short id used in partition keys and tables, for example glue_cola.")
     source: DatasetSource
@@ -102,6 +127,10 @@ class DatasetSpec(_StrictModel):
     templates: list[str] | None = Field(
         default=None, description="promptsource template names to use; all of the dataset's templates when omitted."
     )
+    domain: DomainSpec | None = Field(
+        default=None,
+        description="Splits the metric tables by domain (in_domain, out_of_domain, all); no domain breakdown when omitted.",
+    )
 
     @field_validator("id")
     @classmethod
@@ -114,6 +143,15 @@ class DatasetSpec(_StrictModel):
         if len(set(value)) != len(value):
             raise ValueError(f"label_names {value} contain a duplicate")
         return value
+
+    @model_validator(mode="after")
+    def _domain_field_is_kept(self) -> "DatasetSpec":
+        if self.domain is not None and self.domain.field not in self.metadata_fields:
+            raise ValueError(
+                f"domain.field {self.domain.field!r} is not in metadata_fields {self.metadata_fields}; "
+                "add it to metadata_fields so the column is stored"
+            )
+        return self
 
 
 class ModelSource(_StrictModel):
@@ -209,7 +247,7 @@ class PromptModelSpec(_StrictModel):
     chat_format: str | None = Field(
         default=None, description="llama.cpp chat format; None uses the chat template stored in the GGUF."
     )
-    temperature: float = Field(ge=0.0, le=2.0, description="The model card's default sampling temperature.")
+    temperature: float = Field(ge=0.0, le=MAX_TEMPERATURE, description="The model card's default sampling temperature.")
     tracks: list[str] = Field(default_factory=list, description="Study tracks the model belongs to.")
     system_prompt_supported: bool = Field(
         default=True, description="False for chat formats that drop system messages (gemma)."
@@ -231,6 +269,30 @@ class PromptModelSpec(_StrictModel):
         return self.active_params_b is not None and self.active_params_b < self.params_b
 
 
+DEFAULT_CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+
+
+class CalibrationSettings(_StrictModel):
+    """Calibration of label scores, fit on a sample of the train split and never on the evaluation split."""
+
+    train_examples: int = Field(
+        default=64, ge=2, description="Size of the stratified sample of the train split that the decision threshold is fit on."
+    )
+    seed: int = Field(default=0, description="Seed of the train sample.")
+    content_free_inputs: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CONTENT_FREE_INPUTS),
+        min_length=1,
+        description="Texts put in every text field of the template for contextual calibration (Zhao et al., 2021).",
+    )
+
+    @field_validator("content_free_inputs")
+    @classmethod
+    def _unique_inputs(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"content_free_inputs {value} contain a duplicate")
+        return value
+
+
 class PromptingSettings(_StrictModel):
     runs: int = Field(default=3, gt=0, description="Runs per (model, prompt), each with its own sampling seed.")
     base_seed: int = Field(default=0, description="Run r samples with seed base_seed + r.")
@@ -246,6 +308,41 @@ class PromptingSettings(_StrictModel):
         ),
     )
 
+    shots: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description=(
+            "Labeled train examples shown before each evaluation example (k-shot prompting); each k adds its own "
+            "partitions. Run r draws its k shots as the k-example finetune run with seed finetune.seeds[r % len(seeds)] "
+            "draws its train set, so both see the same examples."
+        ),
+    )
+
+    temperatures: list[float] | None = Field(
+        default=None,
+        description=(
+            "Sampling temperatures swept by generate runs, from 0 (greedy) to 2, with at most two decimals. Every "
+            "model also keeps runs at its own default temperature; null runs only the default."
+        ),
+    )
+    answer_formats: list[str] = Field(
+        default_factory=lambda: [DEFAULT_ANSWER_FORMAT],
+        min_length=1,
+        description=(
+            "Answer formats of generate runs: rationale_label (rationale, then label; the default), label (label "
+            "only), label_rationale (label, then rationale) or rationale<N>_label (rationale of at most N < "
+            "max_rationale_chars characters, then label). Each format adds its own partitions."
+        ),
+    )
+
+    calibration: CalibrationSettings | None = Field(
+        default_factory=CalibrationSettings,
+        description=(
+            "Calibration of every score partition: contextual calibration from content-free inputs and a per-class "
+            "bias fit on a train sample; null turns it off. Ignored without the score method."
+        ),
+    )
+
     @field_validator("methods")
     @classmethod
     def _unique_methods(cls, value: list[str]) -> list[str]:
@@ -253,10 +350,62 @@ class PromptingSettings(_StrictModel):
             raise ValueError(f"methods {value} contain a duplicate")
         return value
 
+    @field_validator("shots")
+    @classmethod
+    def _valid_shots(cls, value: list[int]) -> list[int]:
+        for shots in value:
+            if shots < 0:
+                raise ValueError(f"shots value {shots} is invalid: use 0 for zero-shot or a positive number of examples")
+        duplicated = sorted({shots for shots in value if value.count(shots) > 1})
+        if duplicated:
+            raise ValueError(f"shots {value} list {duplicated} more than once; list each number of shots once")
+        return value
+
+    @field_validator("temperatures")
+    @classmethod
+    def _valid_temperatures(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("temperatures is an empty list; list at least one temperature, or use null for each model's default")
+        for temperature in value:
+            if not 0.0 <= temperature <= MAX_TEMPERATURE:
+                raise ValueError(f"temperature {temperature} is out of range; use a value from 0 to {MAX_TEMPERATURE:g}")
+            if abs(temperature * 100 - round(temperature * 100)) > 1e-9:
+                raise ValueError(f"temperature {temperature} has more than two decimals; round it, for example to {round(temperature, 2)}")
+        duplicated = sorted({temperature for temperature in value if value.count(temperature) > 1})
+        if duplicated:
+            raise ValueError(f"temperatures {value} list {duplicated} more than once; list each temperature once")
+        return value
+
+    @model_validator(mode="after")
+    def _valid_answer_formats(self) -> "PromptingSettings":
+        for name in self.answer_formats:
+            try:
+                answer_format = parse_answer_format(name)
+            except AnswerFormatError as error:
+                raise ValueError(str(error)) from None
+            bound = answer_format.rationale_chars
+            if bound is not None and bound > 0 and bound >= self.max_rationale_chars:
+                raise ValueError(
+                    f"answer format {name!r} bounds the rationale to {bound} characters, which is not below "
+                    f"max_rationale_chars {self.max_rationale_chars}; use a smaller N or raise max_rationale_chars"
+                )
+        duplicated = sorted({name for name in self.answer_formats if self.answer_formats.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"answer_formats {self.answer_formats} list {duplicated} more than once; list each format once")
+        return self
+
+    def max_tokens_for(self, rationale_chars: int) -> int:
+        """Completion tokens allowed for an answer whose rationale has at most rationale_chars characters.
+
+        A token decodes to at least one character, so this bound lets the grammar always close the JSON.
+        """
+        return rationale_chars + ANSWER_OVERHEAD_TOKENS
+
     @property
     def max_tokens(self) -> int:
-        # A token decodes to at least one character, so this bound lets the grammar always close the JSON.
-        return self.max_rationale_chars + 48
+        return self.max_tokens_for(self.max_rationale_chars)
 
 
 # Settings that finetune.grid may vary.
@@ -348,6 +497,69 @@ class EncoderSpec(_StrictModel):
         return check_name(value, "encoder name")
 
 
+PROBE_CONTROLS = ("shuffled", "swapped")
+
+
+class ContaminationSettings(_StrictModel):
+    """The contamination probe: each prompt model completes the first half of evaluation sentences,
+    compared with control continuations it cannot have seen (see contamination.py)."""
+
+    examples: int = Field(
+        default=100,
+        description="Evaluation sentences probed, a sample of the whole evaluation split stratified by label and "
+        "drawn with seed; all eligible sentences when fewer.",
+    )
+    seed: int = Field(default=0, description="Seed of the sentence sample, the controls and the bootstrap intervals.")
+    max_new_tokens: int = Field(default=24, description="Tokens generated greedily after each first half.")
+    min_words: int = Field(default=4, description="Sentences with fewer whitespace tokens are not probed.")
+    controls: list[str] = Field(
+        default_factory=lambda: list(PROBE_CONTROLS),
+        description="Control continuations: shuffled (the true second half, words shuffled) and swapped (another "
+        "sentence's second half).",
+    )
+    bootstrap_resamples: int = Field(default=2000, description="Resamples of the paired bootstrap intervals.")
+
+    @field_validator("examples")
+    @classmethod
+    def _enough_examples(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"examples {value} is too small: the probe compares at least 2 sentences; use for example 100")
+        return value
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _valid_max_new_tokens(cls, value: int) -> int:
+        if not 1 <= value <= 512:
+            raise ValueError(f"max_new_tokens {value} is out of range: use 1 to 512, enough tokens for a half sentence (24)")
+        return value
+
+    @field_validator("min_words")
+    @classmethod
+    def _valid_min_words(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"min_words {value} is too small: a sentence needs at least 2 words to be halved; use 2 or more")
+        return value
+
+    @field_validator("controls")
+    @classmethod
+    def _valid_controls(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"controls is empty: list at least one of {list(PROBE_CONTROLS)}")
+        for control in value:
+            if control not in PROBE_CONTROLS:
+                raise ValueError(f"control {control!r} is unknown: use {' or '.join(PROBE_CONTROLS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"controls {value} contain a duplicate; list each control once")
+        return value
+
+    @field_validator("bootstrap_resamples")
+    @classmethod
+    def _valid_resamples(cls, value: int) -> int:
+        if value < 100:
+            raise ValueError(f"bootstrap_resamples {value} is too small for a 95% interval: use at least 100, for example 2000")
+        return value
+
+
 class ExperimentSpec(_StrictModel):
     name: str
     description: str = ""
@@ -360,6 +572,9 @@ class ExperimentSpec(_StrictModel):
     prompting: PromptingSettings = PromptingSettings()
     encoders: list[EncoderSpec] = Field(default_factory=list)
     finetune: FinetuneSettings = FinetuneSettings()
+    contamination: ContaminationSettings | None = Field(
+        default=None, description="Contamination probe of every prompt model on each dataset; no probe when omitted."
+    )
     spec_dir: str = Field(default=".", description="Folder of the spec file; set by load_spec.")
 
     @model_validator(mode="after")
@@ -384,6 +599,34 @@ class ExperimentSpec(_StrictModel):
                 raise ValueError(
                     f"prompting.methods includes 'score' but prompt model(s) {served} are served over HTTP, which "
                     "cannot return the log-probabilities of the answer choices; remove 'score' or use a local GGUF source"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _probe_needs_local_models(self) -> "ExperimentSpec":
+        if self.contamination is None:
+            return self
+        if not self.prompt_models:
+            raise ValueError("contamination is set but the spec has no prompt_models to probe; add a prompt model "
+                             "or remove contamination")
+        served = [model.name for model in self.prompt_models if model.served]
+        if served:
+            raise ValueError(
+                f"contamination is set but prompt model(s) {served} are served over HTTP, which cannot return the "
+                "log-probabilities the probe needs; remove contamination or use a local GGUF source"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shots_fit_train_limit(self) -> "ExperimentSpec":
+        # Shots come from the train sample, so k above train_limit could never be drawn.
+        largest = max(self.prompting.shots)
+        for dataset in self.datasets:
+            if dataset.train_limit is not None and largest > dataset.train_limit:
+                raise ValueError(
+                    f"prompting.shots value {largest} exceeds train_limit {dataset.train_limit} of dataset "
+                    f"{dataset.id!r}, which bounds the train examples the shots are drawn from; lower the shots or "
+                    "raise train_limit"
                 )
         return self
 
@@ -414,7 +657,8 @@ class ExperimentSpec(_StrictModel):
 
 def _known_keys() -> set[str]:
     models = (ExperimentSpec, DatasetSpec, DatasetSource, PromptsourceRef, PromptModelSpec, ModelSource,
-              PromptingSettings, FinetuneSettings, EncoderSpec, EncoderSource, PromptBackendSettings)
+              PromptingSettings, FinetuneSettings, EncoderSpec, EncoderSource, PromptBackendSettings,
+              CalibrationSettings, DomainSpec, ContaminationSettings)
     return {name for model in models for name in model.model_fields}
 
 

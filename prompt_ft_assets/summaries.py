@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .answer_formats import DEFAULT_ANSWER_FORMAT
 from .metrics import format_mean_std
 
 SUMMARY_METRICS = ("macro_precision", "macro_recall", "macro_f1")
@@ -27,9 +28,18 @@ QUESTIONS = {
     **{name: question for name, (question, _) in PROMPTED_TABLES.items()},
     "by_vote_k": "Does a majority vote over k runs beat a single run?",
     "by_encoder": "How does F1 grow with encoder size?",
-    "by_train_size": "How does F1 grow with the number of training examples?",
+    "by_train_size": "How does F1 grow with the number of labeled examples, finetuned on or shown as k shots?",
     "comparison": "Does prompting the best model match finetuning an encoder?",
     "cross_dataset": "Across datasets, how does the best prompted configuration compare with each encoder?",
+    # Built by breakdown_tables.py from calibration_metrics, domain_metrics and dataset_statistics.
+    "by_calibration": "Does calibrating label scores on train data raise F1, per model and template?",
+    "by_domain": "Does F1 differ between in-domain and out-of-domain examples?",
+    "dataset_vs_results": "Do dataset statistics go with the finetune and prompted F1 a dataset reaches?",
+    # Built by contamination_tables.py from contamination_summary and prompt_run_metrics.
+    "by_contamination": "Does a model reproduce the evaluation sentences more than controls, beside its prompted F1?",
+    # Built by prompt_setting_tables.py from prompt_run_metrics.
+    "by_temperature": "How do F1 and its run-to-run std change with the sampling temperature?",
+    "by_answer_format": "How do F1, validity and cost change with the answer format (rationale, its place and length)?",
 }
 
 
@@ -138,6 +148,54 @@ def full_train_runs(finetune_metrics: pd.DataFrame) -> pd.DataFrame:
 TRAIN_SIZE_COLUMNS = ["dataset", "method", "model", "family", "train_examples"]
 
 
+def zero_shot_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the zero-shot rows of prompted metrics or votes. Rows stored before the shots column existed are zero-shot.
+
+    The per-question prompted tables, the vote table, the comparison and the report use these rows,
+    so k-shot runs enter only the learning curve.
+    """
+    if frame.empty or "shots" not in frame:
+        return frame
+    return frame[frame["shots"].fillna(0) == 0]
+
+
+def default_setting_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the prompted rows sampled at the model's default temperature in the default answer format,
+    and every label-scoring row. Rows stored before those columns existed are kept.
+
+    The per-question tables, votes, learning curve and comparison use these rows, so runs of
+    prompting.temperatures and prompting.answer_formats enter only by_temperature and by_answer_format.
+    """
+    if frame.empty:
+        return frame
+    keep = pd.Series(True, index=frame.index)
+    if "temperature_is_default" in frame:
+        keep &= frame["temperature_is_default"].fillna(True).astype(bool)
+    if "answer_format" in frame:
+        keep &= frame["answer_format"].isna() | (frame["answer_format"] == DEFAULT_ANSWER_FORMAT)
+    return frame[keep]
+
+
+def baseline_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the zero-shot rows at the default temperature and answer format (zero_shot_rows, default_setting_rows)."""
+    return default_setting_rows(zero_shot_rows(frame))
+
+
+# Method label of prompted rows on the learning curve: "k-shot generate" or "k-shot score".
+KSHOT_METHOD_PREFIX = "k-shot "
+
+
+def kshot_curve_rows(run_metrics: pd.DataFrame) -> pd.DataFrame:
+    """Prompted runs as learning-curve rows: train_examples is the number of shots (0 for zero-shot),
+    method is 'k-shot <method>' and model the prompt model. Templates are pooled, so one point is the
+    mean over every template and run of a (model, method, shots)."""
+    if run_metrics.empty:
+        return pd.DataFrame()
+    shots = run_metrics["shots"].fillna(0).astype(int) if "shots" in run_metrics else 0
+    frame = run_metrics.assign(method=KSHOT_METHOD_PREFIX + run_metrics["method"].astype(str), train_examples=shots)
+    return frame[[*TRAIN_SIZE_COLUMNS, *SUMMARY_METRICS, *(c for c in FLAG_COLUMNS if c in frame)]]
+
+
 def train_size_table(finetune_metrics: pd.DataFrame, other_methods: pd.DataFrame | None = None) -> pd.DataFrame:
     """F1 against the number of training examples, one group per (dataset, method, model, family, n).
 
@@ -164,14 +222,16 @@ def train_size_table(finetune_metrics: pd.DataFrame, other_methods: pd.DataFrame
 def build_summary_tables(
     run_metrics: pd.DataFrame, vote_metrics: pd.DataFrame, finetune_metrics: pd.DataFrame
 ) -> dict[str, pd.DataFrame]:
-    """All summary tables, keyed by name."""
+    """All summary tables, keyed by name. Prompted tables use zero-shot runs at the default temperature
+    and answer format; the learning curve (by_train_size) sets k-shot prompting beside finetuning."""
     tables: dict[str, pd.DataFrame] = {}
+    zero_shot = baseline_rows(run_metrics)
     for name, (_, by) in PROMPTED_TABLES.items():
-        tables[name] = summarize(run_metrics, by)
-    tables["by_vote_k"] = vote_table(run_metrics, vote_metrics) if not run_metrics.empty else pd.DataFrame()
+        tables[name] = summarize(zero_shot, by)
+    tables["by_vote_k"] = vote_table(zero_shot, baseline_rows(vote_metrics)) if not zero_shot.empty else pd.DataFrame()
     full_train = full_train_runs(finetune_metrics)
     tables["by_encoder"] = summarize(full_train, ["dataset", "encoder", "params_m"])
-    tables["by_train_size"] = train_size_table(finetune_metrics)
-    tables["comparison"] = comparison_table(run_metrics, full_train)
+    tables["by_train_size"] = train_size_table(finetune_metrics, kshot_curve_rows(default_setting_rows(run_metrics)))
+    tables["comparison"] = comparison_table(zero_shot, full_train)
     tables["cross_dataset"] = cross_dataset_table(tables["comparison"])
     return tables

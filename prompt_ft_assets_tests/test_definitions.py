@@ -10,6 +10,10 @@ EXPECTED_ASSETS = {
     "vote_aggregates",
     "finetuned_encoder",
     "finetune_metrics",
+    "dataset_statistics",
+    "score_calibration",
+    "domain_metrics",
+    "contamination_probe",
     "summary_tables",
     "report",
 }
@@ -26,5 +30,6 @@ def test_every_study_asset_is_defined():
 
 
 def test_study_jobs_resolve():
-    for name in ("data_job", "prompted_job", "votes_job", "finetune_job", "analysis_job"):
+    for name in ("data_job", "statistics_job", "prompted_job", "calibration_job", "votes_job", "finetune_job",
+                 "domain_job", "contamination_job", "analysis_job"):
         assert defs.resolve_job_def(name).name == name

@@ -322,8 +322,8 @@ def test_study_on_postgres_and_file_url(postgres_instance, tmp_path, monkeypatch
     outcome = run_experiment(_tiny_spec(tmp_path, cola_dir), instance=instance)
 
     assert outcome.failed == []
-    # data, three prompted runs, votes, one finetune, analysis
-    assert len(outcome.succeeded) == 1 + STUDY_RUNS + 1 + 1 + 1
+    # data, statistics, three prompted runs, votes, one finetune, analysis
+    assert len(outcome.succeeded) == 1 + 1 + STUDY_RUNS + 1 + 1 + 1
 
     store = ResultsStore(f"file://{shared}")
     predictions = store.read_table("prompt_predictions")

@@ -7,13 +7,24 @@ from pathlib import Path
 import pandas as pd
 from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, asset, multi_asset
 
+from ..breakdown_plots import grouped_bar_figure, statistics_figure
+from ..breakdown_tables import build_breakdown_tables
+from ..calibration import CALIBRATIONS
+from ..contamination_plots import contamination_figure
+from ..contamination_tables import contamination_table
+from ..prompt_setting_plots import answer_format_figure, temperature_figure
+from ..prompt_setting_tables import build_prompt_setting_tables
+from ..domains import ALL_DOMAINS, IN_DOMAIN, OUT_OF_DOMAIN
 from ..paths import figures_dir, tables_dir
 from ..plotting import bar_figure, comparison_figure, line_figure
 from ..previews import markdown_preview
 from ..resources import ResultsStoreResource
 from ..store import ResultsStore, atomic_write_text
-from ..summaries import QUESTIONS, build_summary_tables
+from ..summaries import QUESTIONS, build_summary_tables, default_setting_rows
 from .aggregation import VOTE_METRICS_TABLE, vote_aggregates
+from .breakdowns import DATASET_STATISTICS_TABLE, DOMAIN_METRICS_TABLE, dataset_statistics, domain_metrics
+from .calibrated import CALIBRATION_METRICS_TABLE, score_calibration
+from .contamination import CONTAMINATION_SUMMARY_TABLE, contamination_probe
 from .finetuned import FINETUNE_METRICS_TABLE, finetune_metrics
 from .prompted import RUN_METRICS_TABLE, prompt_run_metrics
 
@@ -32,6 +43,12 @@ FIGURES = {
     "f1_by_encoder": "by_encoder",
     "f1_by_train_size": "by_train_size",
     "prompted_vs_finetuned": "comparison",
+    "f1_by_calibration": "by_calibration",
+    "f1_by_domain": "by_domain",
+    "dataset_statistics_vs_f1": "dataset_vs_results",
+    "contamination_vs_f1": "by_contamination",
+    "f1_by_temperature": "by_temperature",
+    "f1_validity_cost_by_answer_format": "by_answer_format",
 }
 
 
@@ -39,14 +56,25 @@ def read_summary_table(store: ResultsStore, name: str) -> pd.DataFrame:
     return store.read(SUMMARY_TABLE_PREFIX + name, "all") if store.exists(SUMMARY_TABLE_PREFIX + name, "all") else pd.DataFrame()
 
 
-@asset(deps=[prompt_run_metrics, vote_aggregates, finetune_metrics], group_name="analysis", kinds={"duckdb", "parquet"})
+@asset(
+    deps=[prompt_run_metrics, vote_aggregates, finetune_metrics, score_calibration, domain_metrics, dataset_statistics,
+          contamination_probe],
+    group_name="analysis",
+    kinds={"duckdb", "parquet"},
+)
 def summary_tables(context: AssetExecutionContext, results: ResultsStoreResource) -> MaterializeResult:
     """Mean +- std and median of macro precision, recall and F1 per research question, written as
     Parquet in the store, and as CSV and markdown under data/tables."""
     store = results.store()
-    tables = build_summary_tables(
-        store.read_table(RUN_METRICS_TABLE), store.read_table(VOTE_METRICS_TABLE), store.read_table(FINETUNE_METRICS_TABLE)
-    )
+    run_metrics = store.read_table(RUN_METRICS_TABLE)
+    finetune_results = store.read_table(FINETUNE_METRICS_TABLE)
+    tables = build_summary_tables(run_metrics, store.read_table(VOTE_METRICS_TABLE), finetune_results)
+    tables.update(build_breakdown_tables(
+        store.read_table(CALIBRATION_METRICS_TABLE), store.read_table(DOMAIN_METRICS_TABLE),
+        store.read_table(DATASET_STATISTICS_TABLE), default_setting_rows(run_metrics), finetune_results,
+    ))
+    tables["by_contamination"] = contamination_table(store.read_table(CONTAMINATION_SUMMARY_TABLE), run_metrics)
+    tables.update(build_prompt_setting_tables(run_metrics))
     output = tables_dir()
     output.mkdir(parents=True, exist_ok=True)
     metadata: dict[str, object] = {}
@@ -104,12 +132,33 @@ def _draw(name: str, table: pd.DataFrame, path: Path) -> Path:
         frame = table.assign(series=table["dataset"]) if not table.empty else table
         return line_figure(frame, "params_m", "series", title, path, log_x=True)
     if name == "f1_by_train_size":
-        return line_figure(train_size_series(table), "train_examples", "series", title, path, log_x=True)
+        return line_figure(train_size_series(table), "train_examples", "series", title, path, log_x=True,
+                           x_label="labeled examples (finetune train size or k shots)")
+    if name == "f1_by_calibration":
+        return grouped_bar_figure(table, ["dataset", "model", "template", *_shots_label(table)], "calibration",
+                                  list(CALIBRATIONS), title, path)
+    if name == "f1_by_domain":
+        return grouped_bar_figure(table, ["dataset", "method", "calibration", "model", *_shots_label(table)], "domain",
+                                  [ALL_DOMAINS, IN_DOMAIN, OUT_OF_DOMAIN], title, path)
+    if name == "dataset_statistics_vs_f1":
+        return statistics_figure(table, title, path)
+    if name == "contamination_vs_f1":
+        return contamination_figure(table, title, path)
+    if name == "f1_by_temperature":
+        return temperature_figure(table, title, path)
+    if name == "f1_validity_cost_by_answer_format":
+        return answer_format_figure(table, title, path)
     return comparison_figure(table, title, path)
 
 
+def _shots_label(table: pd.DataFrame) -> list[str]:
+    """["shots"] when some row is k-shot, so zero-shot-only figures leave the column out of their labels."""
+    return ["shots"] if "shots" in table and (table["shots"] != 0).any() else []
+
+
 def train_size_series(table: pd.DataFrame) -> pd.DataFrame:
-    """The learning-curve table with one series per (method, model), prefixed by the dataset when there are several."""
+    """The learning-curve table with one series per (method, model), for example 'finetune / minilm-l6'
+    or 'k-shot generate / smollm2-135m', prefixed by the dataset when there are several."""
     if table.empty:
         return table
     series = table["method"].astype(str) + " / " + table["model"].astype(str)

@@ -10,16 +10,20 @@ from dagster import (
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
+    Failure,
     MaterializeResult,
     MetadataValue,
     MultiToSingleDimensionPartitionMapping,
     asset,
 )
 
+from ..finetune_splits import TrainSizeError
 from ..metrics import classification_metrics, degenerate_run_flags
 from ..partitions import PROMPTED_PARTITIONS, parse_prompt_run
 from ..previews import markdown_preview
 from ..prompt_runner import run_prompt_partition
+from ..prompt_setting_columns import run_setting_columns
+from ..prompt_shots import draw_shots, stored_shot_columns
 from ..provenance import provenance_columns
 from ..resources import ExperimentResource, ResultsStoreResource
 from ..templates import load_promptsource_templates, select_templates
@@ -51,8 +55,10 @@ def evaluation_examples(examples: pd.DataFrame, eval_split: str) -> pd.DataFrame
 def prompt_predictions(
     context: AssetExecutionContext, experiment: ExperimentResource, results: ResultsStoreResource
 ) -> MaterializeResult:
-    """One row per evaluation example, model, template and run: the rendered prompt, the raw output,
-    the parsed rationale and label, validity and its reason, finish reason, token counts and latency.
+    """One row per evaluation example, model, template, number of shots, temperature, answer format and
+    run: the rendered prompt, the raw output, the parsed rationale and label, validity and its reason,
+    whether the answer followed the format, finish reason, token counts, latency and finish time. prompt contains the last user turn, and the shots shown before it are the train
+    rows listed in shot_idx (a JSON list of train-split idx, empty for zero-shot).
 
     Invalid answers are kept with prediction -1 and counted as wrong by the metrics.
     """
@@ -65,14 +71,22 @@ def prompt_predictions(
         load_promptsource_templates(config.promptsource.dataset, config.promptsource.subset), [prompt_run.template]
     )[0]
     store = results.store()
-    examples = evaluation_examples(store.read(EXAMPLES_TABLE, keys["dataset"]), config.eval_split)
+    stored = store.read(EXAMPLES_TABLE, keys["dataset"])
+    examples = evaluation_examples(stored, config.eval_split)
+    try:
+        shots = draw_shots(stored, config, spec.finetune, prompt_run.shots, prompt_run.run)
+    except TrainSizeError as error:
+        raise Failure(description=f"run {keys['prompt_run']} of {config.id}: {error}", allow_retries=False) from None
     context.log.info(
-        "prompting %s with template %s, %s run %d, on %d examples of %s",
-        model.name, template.name, prompt_run.method, prompt_run.run, len(examples), config.id,
+        "prompting %s with template %s, %s run %d with %d shots (finetune seed %d), temperature %s, format %s, "
+        "on %d examples of %s",
+        model.name, template.name, prompt_run.method, prompt_run.run, shots.k, shots.seed,
+        "default" if prompt_run.temperature is None else prompt_run.temperature, prompt_run.answer_format,
+        len(examples), config.id,
     )
     frame = run_prompt_partition(
         spec, config, model, template, prompt_run.run, examples, store, context.partition_key, context.log.info,
-        method=prompt_run.method,
+        method=prompt_run.method, shots=shots, temperature=prompt_run.temperature, answer_format=prompt_run.answer_format,
     )
     path = store.write(PREDICTIONS_TABLE, context.partition_key, frame)
     valid_rate = float(frame["valid"].mean())
@@ -108,8 +122,10 @@ def prompt_predictions(
 def prompt_run_metrics(
     context: AssetExecutionContext, experiment: ExperimentResource, results: ResultsStoreResource
 ) -> MaterializeResult:
-    """One row per (dataset, model, template, run): macro precision, recall and F1, accuracy, MCC,
-    the invalid-answer rate and degenerate-run flags (one class, near chance, mostly invalid)."""
+    """One row per (dataset, model, template, method, shots, temperature, answer format, run): macro
+    precision, recall and F1, accuracy, MCC, the invalid-answer rate, degenerate-run flags (one class,
+    near chance, mostly invalid), the rate of answers that followed the format, and cost per 1,000
+    classifications (completion tokens and busy seconds)."""
     keys = context.partition_key.keys_by_dimension
     spec = experiment.load()
     config = spec.dataset(keys["dataset"])
@@ -124,7 +140,9 @@ def prompt_run_metrics(
     row = {
         "dataset": config.id, "model": model.name, "template": prompt_run.template, "run": prompt_run.run,
         "method": prompt_run.method, "run_seed": int(predictions["run_seed"].iloc[0]),
+        **stored_shot_columns(predictions),
         "temperature": float(predictions["temperature"].iloc[0]),
+        **run_setting_columns(predictions, prompt_run.method),
         "family": model.family, "params_b": model.params_b, "active_params_b": model.active_params_b or model.params_b,
         "is_moe": model.is_moe, "generation": model.generation, "tracks": json.dumps(model.tracks),
         **metrics.as_dict(),

@@ -16,7 +16,7 @@ from ..report_content import StatisticsSettings
 from ..report_page import ReportInputs, render_report, summary_markdown
 from ..resources import ExperimentResource, ResultsStoreResource
 from ..store import ResultsStore
-from ..summaries import QUESTIONS
+from ..summaries import QUESTIONS, baseline_rows
 from .analysis import FIGURES, read_summary_table, summary_tables
 from .finetuned import FINETUNE_METRICS_TABLE, FINETUNE_PREDICTIONS_TABLE
 from .prompted import PREDICTIONS_TABLE, RUN_METRICS_TABLE
@@ -26,7 +26,7 @@ from .prompted import PREDICTIONS_TABLE, RUN_METRICS_TABLE
 PROMPT_PREDICTION_COLUMNS = (
     "dataset", "method", "model", "template", "run", "idx", "label", "prediction", "invalid_reason", "latency_s",
 )
-OPTIONAL_PROMPT_COLUMNS = ("backend", "cache_key")
+OPTIONAL_PROMPT_COLUMNS = ("backend", "cache_key", "shots", "temperature_is_default", "answer_format")
 FINETUNE_PREDICTION_COLUMNS = ("dataset", "encoder", "seed", "idx", "label", "prediction")
 # Finetune rows carry train_size since runs can train on subsets; older rows lack the column.
 OPTIONAL_FINETUNE_COLUMNS = ("train_size",)
@@ -100,7 +100,9 @@ def report(
     spec_path = Path(experiment.spec_path or default_experiment())
     spec = experiment.load()
     store = results.store()
-    prompt_predictions = _read_prompt_predictions(store)
+    # The report's prompted sections compare zero-shot runs at the default temperature and answer format.
+    # Other runs appear in the learning-curve, temperature and answer-format tables.
+    prompt_predictions = baseline_rows(_read_prompt_predictions(store))
     finetune_predictions = _read_columns(
         store, FINETUNE_PREDICTIONS_TABLE, FINETUNE_PREDICTION_COLUMNS, OPTIONAL_FINETUNE_COLUMNS
     )
@@ -115,7 +117,7 @@ def report(
         spec_text=spec_path.read_text(encoding="utf-8"),
         state_dir=str(state_dir()),
         generated_at=pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC"),
-        run_metrics=store.read_table(RUN_METRICS_TABLE),
+        run_metrics=baseline_rows(store.read_table(RUN_METRICS_TABLE)),
         finetune_metrics=store.read_table(FINETUNE_METRICS_TABLE),
         prompt_predictions=prompt_predictions,
         finetune_predictions=finetune_predictions,
