@@ -57,8 +57,6 @@ def domain_metric_rows(
         flags = degenerate_run_flags(group["label"], group["prediction"], n_classes, seed=seed)
         rows.append({
             "domain": name, **metrics.as_dict(),
-            "mcc_ci_low": flags.mcc_ci_low, "mcc_ci_high": flags.mcc_ci_high,
-            "flag_one_class": flags.one_class, "flag_near_chance": flags.near_chance,
-            "flag_high_invalid": flags.high_invalid, "flags": flags.labels,
+            **flags.columns(),
         })
     return rows

@@ -125,6 +125,14 @@ class RunFlags:
         names = [name for name in ("one_class", "near_chance", "high_invalid") if getattr(self, name)]
         return ",".join(names)
 
+    def columns(self) -> dict[str, object]:
+        """Return the flag columns of a metrics row: the MCC interval, one boolean per flag and their labels."""
+        return {
+            "mcc_ci_low": self.mcc_ci_low, "mcc_ci_high": self.mcc_ci_high,
+            "flag_one_class": self.one_class, "flag_near_chance": self.near_chance,
+            "flag_high_invalid": self.high_invalid, "flags": self.labels,
+        }
+
 
 def degenerate_run_flags(y_true, y_pred, n_classes: int, seed: int = 0) -> RunFlags:
     """Flag a run that predicts one class, agrees with the truth at chance level, or is mostly invalid.

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import yaml
+from dagster import AssetKey, AssetMaterialization
 
 from .conftest import DATASETS_DIR
 
@@ -54,3 +55,9 @@ def write_registry_spec(folder: Path, runs: int, encoder_epochs: float | None) -
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def record_materializations(instance, asset: str, partitions) -> None:
+    """Record a runless materialization of each partition, as a planner test's stand-in for real runs."""
+    for partition in partitions:
+        instance.report_runless_asset_event(AssetMaterialization(asset_key=AssetKey(asset), partition=str(partition)))

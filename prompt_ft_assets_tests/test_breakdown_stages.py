@@ -2,13 +2,13 @@
 records, as the sensor and the nightly schedules use it."""
 
 import yaml
-from dagster import AssetKey, AssetMaterialization, DagsterInstance
+from dagster import DagsterInstance
 
 from prompt_ft_assets.missing_runs import plan_missing_runs
 from prompt_ft_assets.partitions import calibration_partition_keys, domain_dataset_ids, finetune_partition_keys, sync_partitions
 from prompt_ft_assets.spec import load_spec
 
-from .study_specs import MINILM, REGISTRY_ENTRIES, SMOLLM2
+from .study_specs import MINILM, REGISTRY_ENTRIES, SMOLLM2, record_materializations
 
 DOMAIN = {"field": "source", "out_of_domain": ["clc95", "c-05", "j_71", "s_97", "swb04", "w_80"]}
 
@@ -27,11 +27,6 @@ def _spec(tmp_path, methods):
     return load_spec(path)
 
 
-def _record(instance, asset: str, partitions) -> None:
-    for partition in partitions:
-        instance.report_runless_asset_event(AssetMaterialization(asset_key=AssetKey(asset), partition=str(partition)))
-
-
 def _planned(instance, spec) -> set[tuple[str, str | None]]:
     return {(run.job_name, run.partition_key) for run in plan_missing_runs(instance, spec)}
 
@@ -46,7 +41,7 @@ def test_stages_planned_in_order(tmp_path):
     sync_partitions(instance, spec)
     assert _planned(instance, spec) == {("data_job", "glue_cola"), ("data_job", "glue_sst2")}
 
-    _record(instance, "prompt_templates", ["glue_cola", "glue_sst2"])
+    record_materializations(instance, "prompt_templates", ["glue_cola", "glue_sst2"])
     planned = _planned(instance, spec)
     assert ("statistics_job", "glue_cola") in planned
     assert ("statistics_job", "glue_sst2") in planned
@@ -54,20 +49,20 @@ def test_stages_planned_in_order(tmp_path):
 
     calibration_keys = [str(key) for key in calibration_partition_keys(spec)]
     assert calibration_keys == ["glue_cola|smollm2-135m__editing__score", "glue_sst2|smollm2-135m__review__score"]
-    _record(instance, "dataset_statistics", ["glue_cola", "glue_sst2"])
+    record_materializations(instance, "dataset_statistics", ["glue_cola", "glue_sst2"])
     prompted = sorted(key for job, key in planned if job == "prompted_job")
     assert len(prompted) == 4
-    _record(instance, "prompt_run_metrics", prompted)
+    record_materializations(instance, "prompt_run_metrics", prompted)
     planned = _planned(instance, spec)
     assert {key for job, key in planned if job == "calibration_job"} == set(calibration_keys)
     assert not any(job == "domain_job" for job, _ in planned)
 
-    _record(instance, "score_calibration", calibration_keys)
-    _record(instance, "finetune_metrics", finetune_partition_keys(spec))
+    record_materializations(instance, "score_calibration", calibration_keys)
+    record_materializations(instance, "finetune_metrics", finetune_partition_keys(spec))
     planned = _planned(instance, spec)
     assert ("domain_job", "glue_cola") in planned
     assert not any(job == "domain_job" and key == "glue_sst2" for job, key in planned)
 
-    _record(instance, "domain_metrics", ["glue_cola"])
-    _record(instance, "vote_aggregates", ["glue_cola", "glue_sst2"])
+    record_materializations(instance, "domain_metrics", ["glue_cola"])
+    record_materializations(instance, "vote_aggregates", ["glue_cola", "glue_sst2"])
     assert _planned(instance, spec) == {("analysis_job", None)}

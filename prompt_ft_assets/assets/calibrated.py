@@ -94,9 +94,7 @@ def calibration_metric_rows(calibrated: pd.DataFrame, fit: CalibrationFit, n_cla
         flags = degenerate_run_flags(group["label"], group["prediction"], n_classes, seed=seed)
         rows.append({
             "calibration": calibration, **metrics.as_dict(),
-            "mcc_ci_low": flags.mcc_ci_low, "mcc_ci_high": flags.mcc_ci_high,
-            "flag_one_class": flags.one_class, "flag_near_chance": flags.near_chance,
-            "flag_high_invalid": flags.high_invalid, "flags": flags.labels,
+            **flags.columns(),
             "parameters": json.dumps(fit.parameters(calibration)),
             "train_sample_macro_f1": fit.train_macro_f1(calibration),
         })

@@ -349,9 +349,7 @@ def finetune_metrics(
         "dataset": config.id, "encoder": encoder.name, "seed": run.seed,
         **{column: first[column] for column in _RUN_COLUMNS if column in predictions.columns},
         **metrics.as_dict(),
-        "mcc_ci_low": flags.mcc_ci_low, "mcc_ci_high": flags.mcc_ci_high,
-        "flag_one_class": flags.one_class, "flag_near_chance": flags.near_chance, "flag_high_invalid": flags.high_invalid,
-        "flags": flags.labels,
+        **flags.columns(),
         **_held_out_metrics(store, context.partition_key, n_classes),
     }
     row.setdefault("method", METHOD)
