@@ -211,10 +211,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     apply_hub_policy(spec)
     if args.command == "validate":
-        from .partitions import finetune_partition_keys, finetune_selection_partition_keys, prompted_partition_keys
+        from .partitions import (
+            calibration_partition_keys,
+            finetune_partition_keys,
+            finetune_selection_partition_keys,
+            prompted_partition_keys,
+        )
 
         print(f"{args.spec}: valid; {len(spec.datasets)} dataset(s), {len(prompted_partition_keys(spec))} prompted "
-              f"partitions, {len(finetune_partition_keys(spec))} finetune partitions, "
+              f"partitions, {len(calibration_partition_keys(spec))} calibration partitions, "
+              f"{len(finetune_partition_keys(spec))} finetune partitions, "
               f"{len(finetune_selection_partition_keys(spec))} hyperparameter selection partitions")
         return 0
     outcome = run_experiment(args.spec, force=args.force, stages=args.stage)

@@ -7,6 +7,13 @@ active sequences by one token, and a finished sequence's slot takes the next exa
 prompt, template text before the example) is decoded once into sequence 0 and attached to every
 new sequence with `llama_memory_seq_cp`, which in a unified cache only relabels cells.
 
+Requests with the same prompt, such as the runs of one example that differ only in their seed,
+are queued side by side. The first of them (the leader) decodes the prompt; the others that get a
+slot while it does (followers) wait, then take a copy of its cells and sample their first token
+from the same logits with their own seed. If more requests with that prompt are still queued,
+the decoded prompt and its last logits are also parked in a spare sequence, and each of them
+starts from that copy when a slot frees. A prompt is then decoded once however many runs it has.
+
 Prompts are rendered by the chat handler that `Llama.create_chat_completion` would use. Each
 sequence samples with `create_chat_completion`'s default sampler settings, its own seed and its
 own grammar state. The grammar is first checked on a shortlist of the highest logits. Only when
@@ -31,7 +38,7 @@ import logging
 import math
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -184,6 +191,15 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     while length < shortest - 1 and all(sequence[length] == first[length] for sequence in sequences):
         length += 1
     return length
+
+
+def same_prompts_together(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """Order request indices so that requests with the same prompt are adjacent, each group where
+    its first request was, keeping the order within a group."""
+    first_seen: dict[tuple[int, ...], int] = {}
+    for index, prompt in enumerate(prompts):
+        first_seen.setdefault(tuple(prompt), index)
+    return sorted(range(len(prompts)), key=lambda index: first_seen[tuple(prompts[index])])
 
 
 def plan_feed(pending: Sequence[int], capacity: int) -> list[int]:
@@ -360,6 +376,15 @@ class _SequenceSampler:
             self.chain = None
 
 
+@dataclass(frozen=True)
+class _Parked:
+    """A decoded prompt kept in its own sequence, with the logits of its last token."""
+
+    seq_id: int
+    n_past: int
+    logits: np.ndarray
+
+
 @dataclass
 class _Candidates:
     data: np.ndarray
@@ -370,7 +395,7 @@ class _Candidates:
 class _Active:
     index: int
     seq_id: int
-    prompt_length: int
+    prompt: tuple[int, ...]
     max_new: int
     stop: tuple[bytes, ...]
     sampler: _SequenceSampler
@@ -379,6 +404,8 @@ class _Active:
     started: float
     completion: list[int] = field(default_factory=list)
     text: bytearray = field(default_factory=bytearray)
+    # Sequences with the same prompt that wait for this one's prompt to be decoded.
+    followers: list["_Active"] = field(default_factory=list)
 
 
 class BatchedLlama:
@@ -413,7 +440,10 @@ class BatchedLlama:
         self.renderer = ChatRenderer(self._llama)
         self._buffers: dict[int, _Candidates] = {}
         self._pieces: dict[int, bytes] = {}
-        self.stats = {"decode_calls": 0, "decoded_tokens": 0, "prefix_tokens": 0, "vocabulary_checks": 0}
+        # prompt_tokens counts the prompt tokens decoded after the shared prefix. shared_prompts counts
+        # the requests that took a copy of a decoded prompt instead of decoding it.
+        self.stats = {"decode_calls": 0, "decoded_tokens": 0, "prefix_tokens": 0, "prompt_tokens": 0,
+                      "vocabulary_checks": 0, "shared_prompts": 0}
         self._index_vocabulary()
         logger.info("loaded %s in %.1f s for batched decoding with %d threads", model_path.name,
                     time.perf_counter() - started, self.threads)
@@ -541,11 +571,20 @@ class BatchedLlama:
         prefix = shared_prefix_length([r.tokens for r in rendered])
         slots = min(self.parallel, len(requests))
         per_sequence = max(len(r.tokens) - prefix + limit for r, limit in zip(rendered, limits))
-        context = self._open_context(prefix + slots * per_sequence, slots + 1)
+        # Requests not started yet, by prompt: a decoded prompt is parked while some of them remain.
+        remaining = Counter(r.tokens for r in rendered)
+        spare = min(slots, self._lib.llama_max_parallel_sequences() - slots - 1) if max(remaining.values()) > 1 else 0
+        park_ids = list(range(slots + max(spare, 0), slots, -1))
+        longest_prompt = max(len(r.tokens) for r in rendered) - prefix
+        context = self._open_context(prefix + slots * per_sequence + len(park_ids) * longest_prompt,
+                                     slots + 1 + len(park_ids))
         batch = TokenBatch(self.batch_tokens, 1)
         active: dict[int, _Active] = {}
         free = list(range(slots, 0, -1))
-        queue = deque(range(len(requests)))
+        queue = deque(same_prompts_together([r.tokens for r in rendered]))
+        # Leaders whose prompt is not decoded yet, by prompt; a request with the same prompt follows one.
+        leaders: dict[tuple[int, ...], _Active] = {}
+        parks: dict[tuple[int, ...], _Parked] = {}
         try:
             if prefix:
                 self._decode_prefix(context, batch, rendered[0].tokens[:prefix], [PREFIX_SEQ])
@@ -555,28 +594,82 @@ class BatchedLlama:
                 while free and queue:
                     index = queue.popleft()
                     seq_id = free.pop()
-                    request = requests[index]
-                    sampler = _SequenceSampler(self, request.grammar, temperature, request.seed)
-                    active[seq_id] = self._start_sequence(context, index, seq_id, rendered[index], prefix,
-                                                          limits[index], sampler)
+                    prompt = rendered[index].tokens
+                    remaining[prompt] -= 1
+                    sampler = _SequenceSampler(self, requests[index].grammar, temperature, requests[index].seed)
+                    if prompt in parks:
+                        parked = parks[prompt]
+                        sequence = self._unpark(context, index, seq_id, rendered[index], limits[index], sampler, parked)
+                        if remaining[prompt] == 0:
+                            del parks[prompt]
+                            self._lib.llama_memory_seq_rm(context.memory, parked.seq_id, -1, -1)
+                            park_ids.append(parked.seq_id)
+                        active[seq_id] = sequence
+                        finished = self._step(context, sequence, parked.logits, active, free)
+                        if finished is not None:
+                            yield finished
+                    elif prompt in leaders:
+                        active[seq_id] = self._follow(context, index, seq_id, rendered[index], limits[index], sampler,
+                                                      leaders[prompt])
+                    else:
+                        leaders[prompt] = active[seq_id] = self._start_sequence(
+                            context, index, seq_id, rendered[index], prefix, limits[index], sampler)
+                if not active:
+                    # Every request started from a parked prompt ended at its first token.
+                    continue
 
                 outputs = self._fill_batch(batch, list(active.values()))
                 self._decode(context, batch)
 
-                for sequence, position in outputs:
-                    token = sequence.sampler.sample(self._logits(context, position))
-                    reason = self._advance(sequence, token)
-                    if reason is None:
-                        continue
-                    del active[sequence.seq_id]
-                    self._lib.llama_memory_seq_rm(context.memory, sequence.seq_id, -1, -1)
-                    free.append(sequence.seq_id)
-                    yield sequence.index, self._finish(sequence, reason)
+                for leader, position in outputs:
+                    logits = self._logits(context, position)
+                    group = [leader]
+                    if leaders.get(leader.prompt) is leader:
+                        del leaders[leader.prompt]
+                        group += self._fork(context, leader)
+                        if remaining[leader.prompt] > 0 and park_ids:
+                            parks[leader.prompt] = self._park(context, leader, logits, park_ids.pop())
+                    for sequence in group:
+                        finished = self._step(context, sequence, logits, active, free)
+                        if finished is not None:
+                            yield finished
         finally:
             for sequence in active.values():
                 sequence.sampler.free()
             batch.free()
             context.close()
+
+    def _step(self, context, sequence: _Active, logits: np.ndarray, active: dict[int, "_Active"],
+              free: list[int]) -> tuple[int, Generation] | None:
+        """Sample the sequence's next token. When that ends the sequence, free its slot and return
+        (request index, generation)."""
+        reason = self._advance(sequence, sequence.sampler.sample(logits))
+        if reason is None:
+            return None
+        del active[sequence.seq_id]
+        self._lib.llama_memory_seq_rm(context.memory, sequence.seq_id, -1, -1)
+        free.append(sequence.seq_id)
+        return sequence.index, self._finish(sequence, reason)
+
+    def _park(self, context, leader: _Active, logits: np.ndarray, park_id: int) -> "_Parked":
+        """Keep a copy of the leader's decoded prompt and of its last logits for the requests with
+        the same prompt that have no slot yet."""
+        self._lib.llama_memory_seq_rm(context.memory, park_id, -1, -1)
+        self._lib.llama_memory_seq_cp(context.memory, leader.seq_id, park_id, -1, -1)
+        return _Parked(seq_id=park_id, n_past=leader.n_past, logits=logits.copy())
+
+    def _unpark(
+        self, context, index: int, seq_id: int, rendered: RenderedChat, max_new: int, sampler: "_SequenceSampler",
+        parked: "_Parked",
+    ) -> _Active:
+        """Start seq_id from a parked prompt; its first token is sampled from the parked logits."""
+        self._lib.llama_memory_seq_rm(context.memory, seq_id, -1, -1)
+        self._lib.llama_memory_seq_cp(context.memory, parked.seq_id, seq_id, -1, -1)
+        self.stats["shared_prompts"] += 1
+        return _Active(
+            index=index, seq_id=seq_id, prompt=rendered.tokens, max_new=max_new, stop=rendered.stop,
+            sampler=sampler, pending=[], n_past=parked.n_past, started=time.perf_counter(),
+        )
 
     def _start_sequence(
         self, context, index: int, seq_id: int, rendered: RenderedChat, prefix: int, max_new: int,
@@ -586,10 +679,33 @@ class BatchedLlama:
         self._lib.llama_memory_seq_rm(context.memory, seq_id, -1, -1)
         if prefix:
             self._lib.llama_memory_seq_cp(context.memory, PREFIX_SEQ, seq_id, -1, -1)
+        self.stats["prompt_tokens"] += len(rendered.tokens) - prefix
         return _Active(
-            index=index, seq_id=seq_id, prompt_length=len(rendered.tokens), max_new=max_new, stop=rendered.stop,
+            index=index, seq_id=seq_id, prompt=rendered.tokens, max_new=max_new, stop=rendered.stop,
             sampler=sampler, pending=list(rendered.tokens[prefix:]), n_past=prefix, started=time.perf_counter(),
         )
+
+    def _follow(
+        self, context, index: int, seq_id: int, rendered: RenderedChat, max_new: int, sampler: "_SequenceSampler",
+        leader: _Active,
+    ) -> _Active:
+        """Make seq_id wait for the leader's prompt, which is the same as its own; nothing is decoded for it."""
+        self._lib.llama_memory_seq_rm(context.memory, seq_id, -1, -1)
+        follower = _Active(
+            index=index, seq_id=seq_id, prompt=rendered.tokens, max_new=max_new, stop=rendered.stop,
+            sampler=sampler, pending=[], n_past=0, started=time.perf_counter(),
+        )
+        leader.followers.append(follower)
+        return follower
+
+    def _fork(self, context, leader: _Active) -> list[_Active]:
+        """Give each follower a copy of the leader's decoded prompt, before anything is sampled."""
+        followers, leader.followers = leader.followers, []
+        for follower in followers:
+            self._lib.llama_memory_seq_cp(context.memory, leader.seq_id, follower.seq_id, -1, -1)
+            follower.n_past = leader.n_past
+        self.stats["shared_prompts"] += len(followers)
+        return followers
 
     def _fill_batch(self, batch: TokenBatch, sequences: list[_Active]) -> list[tuple[_Active, int]]:
         """Put the next tokens of each sequence in the batch.
@@ -640,7 +756,7 @@ class BatchedLlama:
         return Generation(
             text=text.decode("utf-8", errors="ignore"),
             finish_reason=reason,
-            prompt_tokens=sequence.prompt_length,
+            prompt_tokens=len(sequence.prompt),
             completion_tokens=len(sequence.completion),
             latency_s=time.perf_counter() - sequence.started,
         )

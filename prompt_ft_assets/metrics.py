@@ -119,10 +119,13 @@ class RunFlags:
     high_invalid: bool
     mcc_ci_low: float
     mcc_ci_high: float
+    # The whole MCC interval is below 0, so the run agrees with the truth less than chance would, as
+    # when a model reads a template's answer choices the wrong way round.
+    below_chance: bool = False
 
     @property
     def labels(self) -> str:
-        names = [name for name in ("one_class", "near_chance", "high_invalid") if getattr(self, name)]
+        names = [name for name in ("one_class", "near_chance", "below_chance", "high_invalid") if getattr(self, name)]
         return ",".join(names)
 
     def columns(self) -> dict[str, object]:
@@ -130,14 +133,16 @@ class RunFlags:
         return {
             "mcc_ci_low": self.mcc_ci_low, "mcc_ci_high": self.mcc_ci_high,
             "flag_one_class": self.one_class, "flag_near_chance": self.near_chance,
-            "flag_high_invalid": self.high_invalid, "flags": self.labels,
+            "flag_below_chance": self.below_chance, "flag_high_invalid": self.high_invalid, "flags": self.labels,
         }
 
 
 def degenerate_run_flags(y_true, y_pred, n_classes: int, seed: int = 0) -> RunFlags:
-    """Flag a run that predicts one class, agrees with the truth at chance level, or is mostly invalid.
+    """Flag a run that predicts one class, agrees with the truth at chance level or below it, or is
+    mostly invalid.
 
-    near_chance holds when the bootstrap 95% interval of the MCC contains 0.
+    near_chance holds when the bootstrap 95% interval of the MCC contains 0, and below_chance when
+    the whole interval is below 0.
     """
     metrics = classification_metrics(y_true, y_pred, n_classes)
     low, high = bootstrap_mcc_interval(y_true, y_pred, seed=seed)
@@ -147,6 +152,7 @@ def degenerate_run_flags(y_true, y_pred, n_classes: int, seed: int = 0) -> RunFl
         high_invalid=metrics.invalid_rate > HIGH_INVALID_RATE,
         mcc_ci_low=low,
         mcc_ci_high=high,
+        below_chance=high < 0.0,
     )
 
 

@@ -11,6 +11,13 @@ killed keeps every flushed chunk, and the rerun computes only the examples whose
 missing, so each example ends up exactly once in the partition's predictions. The cache key
 holds the model file's sha256, the messages, the seed and every setting that changes an answer,
 the backend's kind and settings included.
+
+With prompting.share_runs, a generate partition also answers the other runs of its (model,
+template, shots, temperature, format) in the same call. A prompt is then decoded once for all
+the runs of an example (llama_batch.py), and the sibling partitions find their answers in the
+cache. A lock per run group keeps two sibling partitions from computing the same runs at once.
+Each cached answer stores busy_s, the wall seconds since the previous answer of its call
+finished, so the cost tables can split shared work between runs without counting it twice.
 """
 
 from __future__ import annotations
@@ -195,16 +202,27 @@ def _answer_missing(spec, model, plan, missing, method, store, partition_key, lo
     backend = open_backend(spec, model, plan)
     writer = CacheWriter(store, plan.model_sha256, partition_key, SCORE_CHUNK if method == SCORE else CACHE_CHUNK)
     report = _progress_logger(len(missing), log)
+    last_finish = time.perf_counter()
     try:
         rows = (_score_rows(backend, missing, plan) if method == SCORE
                 else _generation_rows(backend, missing, temperature, max_tokens, plan))
         for row in rows:
+            # The seconds since the previous answer finished: summed over a call, the call's busy
+            # time, however many answers were decoded at once.
+            now = time.perf_counter()
+            row["busy_s"], last_finish = now - last_finish, now
             writer.add(row)
             report(writer.written + len(writer.rows))
     finally:
         # Answers finished before an error are kept, so the rerun does not compute them again.
         writer.flush()
         backend.close()
+
+
+def _uncached(pending: list[PendingExample], cached: pd.DataFrame) -> list[PendingExample]:
+    """Return the pending examples whose cache key has no stored answer."""
+    stored = set(cached["cache_key"]) if not cached.empty else set()
+    return [item for item in pending if item.key not in stored]
 
 
 def _parse_scores(row: pd.Series, choices: list[str]) -> dict[str, object]:
@@ -238,6 +256,7 @@ def run_prompt_partition(
     shots: ShotDraw | None = None,
     temperature: float | None = None,
     answer_format: str = DEFAULT_ANSWER_FORMAT,
+    sibling_runs: Sequence[int] = (),
 ) -> pd.DataFrame:
     """Predictions for every example: one row per (example, model, template, method, shots, temperature,
     answer format, run).
@@ -247,6 +266,9 @@ def run_prompt_partition(
     shots holds the labeled train examples shown before each example (prompt_shots.draw_shots);
     None is zero-shot. temperature None samples at the model's default, and answer_format names the
     JSON layout of `generate` answers (answer_formats.py); `score` ignores both.
+
+    sibling_runs lists other runs of the same zero-shot generate setting whose missing answers are
+    computed in the same call (see the module docstring); their rows go to the cache only.
     """
     if method not in (GENERATE, SCORE):
         raise ValueError(f"prompting method {method!r} is unknown; use 'generate' or 'score'")
@@ -264,11 +286,27 @@ def run_prompt_partition(
 
     keys = [item.key for item in pending]
     cached = read_cached_answers(store, plan.model_sha256, keys)
-    cached_keys = set(cached["cache_key"]) if not cached.empty else set()
-    missing = [item for item in pending if item.key not in cached_keys]
+    missing = _uncached(pending, cached)
     log(f"{len(pending) - len(missing)} of {len(pending)} answers found in the cache, {len(missing)} to compute "
         f"({method}, {plan.kind})")
-    if missing:
+    siblings = sorted(set(sibling_runs) - {run}) if method == GENERATE and shots.k == 0 else []
+    if missing and siblings:
+        group = f"{dataset.id}|{model.name}|{template.slug}|{temperature}|{answer_layout.name}"
+        # A sibling partition that computed this run's answers while this one waited leaves
+        # nothing to do, so the cache is read again under the lock.
+        with store.partition_lock("prompt_run_group", group, wait=True):
+            missing = _uncached(pending, read_cached_answers(store, plan.model_sha256, keys))
+            if missing:
+                others = [item for sibling in siblings for item in _pending_examples(
+                    spec, dataset, model, template, examples, plan, method, settings.base_seed + sibling,
+                    rendered_shots, temperature, answer_layout)]
+                others = _uncached(others, read_cached_answers(store, plan.model_sha256, [item.key for item in others]))
+                log(f"answering the {len(others)} missing answers of runs {siblings} in the same call "
+                    "(prompting.share_runs), so each prompt is decoded once for all runs")
+                _answer_missing(spec, model, plan, missing + others, method, store, partition_key, log, temperature,
+                                max_tokens)
+        cached = read_cached_answers(store, plan.model_sha256, keys)
+    elif missing:
         _answer_missing(spec, model, plan, missing, method, store, partition_key, log, temperature, max_tokens)
         cached = read_cached_answers(store, plan.model_sha256, keys)
 
@@ -306,6 +344,8 @@ def run_prompt_partition(
                 "choice_scores": answer["choice_scores"] if method == SCORE else None,
                 "finish_reason": answer["finish_reason"], "prompt_tokens": int(answer["prompt_tokens"]),
                 "completion_tokens": int(answer["completion_tokens"]), "latency_s": float(answer["latency_s"]),
+                # This answer's share of its call's busy seconds; NaN for answers cached before busy_s existed.
+                "busy_s": float(answer["busy_s"]) if "busy_s" in answer and pd.notna(answer["busy_s"]) else math.nan,
                 # When the answer was computed (the cache row's created_at), for busy-time cost estimates.
                 "finished_at": answer["created_at"],
                 "from_cache": item.key not in missing_keys, "cache_key": item.key, "model_sha256": plan.model_sha256,

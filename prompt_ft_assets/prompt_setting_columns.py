@@ -17,12 +17,17 @@ COST_UNIT = 1000.0
 def busy_seconds_per_thousand(predictions: pd.DataFrame) -> float:
     """Wall seconds the partition spent generating, per 1,000 answers.
 
-    The answers of a batched backend overlap in time, so the union of each answer's [finished_at -
-    latency_s, finished_at] interval is counted, as the report's cost table does. Predictions stored
-    without finished_at fall back to the sum of latencies, which assumes one answer at a time.
+    Each answer's busy_s, its share of the wall time of the call that computed it, is summed, as
+    the report's cost table does. For answers stored before busy_s existed, the answers of a
+    batched backend overlap in time, so the union of each answer's [finished_at - latency_s,
+    finished_at] interval is counted; without finished_at the latencies are summed, which assumes
+    one answer at a time.
     """
     if predictions.empty:
         return float("nan")
+    if "busy_s" in predictions and predictions["busy_s"].notna().all():
+        # Each answer's share of the wall time of the call that computed it (prompt_runner.py).
+        return float(predictions["busy_s"].sum()) / len(predictions) * COST_UNIT
     latencies = predictions["latency_s"].to_numpy(dtype=float)
     if "finished_at" in predictions and predictions["finished_at"].notna().all():
         ends = pd.to_datetime(predictions["finished_at"], utc=True).astype("int64").to_numpy() / 1e9

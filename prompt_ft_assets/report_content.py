@@ -225,7 +225,13 @@ def busy_seconds(starts, ends) -> float:
 
 
 def _prompted_seconds(partition: pd.DataFrame) -> tuple[float, str]:
-    """Wall seconds one prompted partition spent generating, and how they were measured."""
+    """Wall seconds one prompted partition spent generating, and how they were measured.
+
+    busy_s, each answer's share of its call's wall time, splits a call that answered several runs
+    at once between them; older answers without it fall back to their latency intervals.
+    """
+    if "busy_s" in partition and partition["busy_s"].notna().all():
+        return float(partition["busy_s"].sum()), "busy seconds per answer"
     if "finished_at" in partition and partition["finished_at"].notna().all():
         ends = pd.to_datetime(partition["finished_at"], utc=True).astype("int64").to_numpy() / 1e9
         starts = ends - partition["latency_s"].to_numpy(dtype=float)

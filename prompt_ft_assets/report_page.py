@@ -203,7 +203,9 @@ def render_report(inputs: ReportInputs) -> RenderedReport:
                 f"Flagged: {len(flagged)} of {n_prompted + n_finetuned} runs ({n_prompted} prompted, "
                 f"{n_finetuned} finetuned). "
                 f"one_class: every valid answer is the same class. near_chance: the bootstrap 95% interval "
-                f"of the MCC contains 0. high_invalid: more than {HIGH_INVALID_RATE:.0%} of the answers are invalid."
+                f"of the MCC contains 0. below_chance: the whole interval is below 0, so the run picks the wrong "
+                f"class more often than chance would (check the template's answer choices). high_invalid: more "
+                f"than {HIGH_INVALID_RATE:.0%} of the answers are invalid."
             ),
             table_html(flagged, empty="no run is flagged"),
         ])),

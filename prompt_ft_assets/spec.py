@@ -299,6 +299,13 @@ class PromptingSettings(_StrictModel):
     max_rationale_chars: int = Field(default=160, gt=0, description="Upper bound on the rationale, in characters.")
     n_ctx: int = Field(default=2048, ge=256, description="llama.cpp context window, in tokens.")
     n_threads: int | None = Field(default=None, gt=0, description="CPU threads for llama.cpp; all cores when None.")
+    share_runs: bool = Field(
+        default=True,
+        description=(
+            "Answer all zero-shot generate runs of a (model, template, temperature, format) in the partition "
+            "materialized first, so each prompt is decoded once for every run; the other runs then read the cache."
+        ),
+    )
     methods: list[Literal["generate", "score"]] = Field(
         default_factory=lambda: ["generate"],
         min_length=1,

@@ -234,12 +234,12 @@ class ResultsStore:
         return target
 
     @contextlib.contextmanager
-    def partition_lock(self, name: str, key: str) -> Iterator[Path]:
+    def partition_lock(self, name: str, key: str, wait: bool = False) -> Iterator[Path]:
         """Hold an exclusive advisory lock on one partition of an asset while the block runs.
 
         A second process that asks for the same lock gets a StoreError at once, naming the
-        process that holds it. The kernel drops the lock when its holder exits, so a killed run
-        never leaves a stale lock behind.
+        process that holds it, or with wait=True blocks until the holder releases it. The kernel
+        drops the lock when its holder exits, so a killed run never leaves a stale lock behind.
         """
         path = self._locks_dir() / name / (partition_file_name(key).removesuffix(".parquet") + ".lock")
         try:
@@ -252,7 +252,7 @@ class ResultsStore:
             ) from error
         with handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"

@@ -13,7 +13,7 @@ from .answer_formats import DEFAULT_ANSWER_FORMAT
 from .metrics import format_mean_std
 
 SUMMARY_METRICS = ("macro_precision", "macro_recall", "macro_f1")
-FLAG_COLUMNS = ("flag_one_class", "flag_near_chance", "flag_high_invalid")
+FLAG_COLUMNS = ("flag_one_class", "flag_near_chance", "flag_below_chance", "flag_high_invalid")
 
 # Each prompted table: its name, the research question it answers, and its grouping columns.
 PROMPTED_TABLES: dict[str, tuple[str, list[str]]] = {

@@ -174,7 +174,7 @@ def test_validate_command_accepts_good_spec(tmp_path):
     completed = _validate(_write_spec(tmp_path, _base_spec()))
 
     assert completed.returncode == 0, completed.stderr
-    assert "valid; 1 dataset(s), 2 prompted partitions, 1 finetune partitions" in completed.stdout
+    assert "valid; 1 dataset(s), 2 prompted partitions, 0 calibration partitions, 1 finetune partitions" in completed.stdout
 
 
 def test_duplicate_yaml_key_rejected(tmp_path, robustness_tally):

@@ -17,6 +17,7 @@ from prompt_ft_assets.llama_batch import (
     max_new_tokens,
     plan_feed,
     plan_rounds,
+    same_prompts_together,
     shared_prefix_length,
 )
 from prompt_ft_assets.model_files import resolve_gguf
@@ -56,6 +57,19 @@ def test_shared_prefix_length(sequences, expected):
 )
 def test_plan_feed(pending, capacity, expected):
     assert plan_feed(pending, capacity) == expected
+
+
+@pytest.mark.parametrize(
+    ("prompts", "expected"),
+    [
+        ([[1, 2], [3], [1, 2], [3], [4]], [0, 2, 1, 3, 4]),
+        ([[5], [5], [5]], [0, 1, 2]),
+        ([[1], [2], [3]], [0, 1, 2]),
+        ([], []),
+    ],
+)
+def test_same_prompts_together(prompts, expected):
+    assert same_prompts_together(prompts) == expected
 
 
 def test_plan_feed_rejects_an_empty_batch():
@@ -175,6 +189,71 @@ def test_another_seed_changes_the_samples(engine, cola_dir):
     first = dict(engine.generate(requests, 1.0, MAX_TOKENS))
     other = dict(engine.generate(reseeded, 1.0, MAX_TOKENS))
     assert [first[i].text for i in range(4)] != [other[i].text for i in range(4)]
+
+
+@pytest.mark.slow
+def test_runs_of_one_prompt_decode_it_once(engine, cola_dir):
+    """Requests with the same prompt, like the runs of one example, share one decode of it."""
+    first, other = _generation_requests(cola_dir, "Make sense yes no", 20, 2)
+    runs = [GenerationRequest(first.messages, first.seed + run, first.grammar) for run in range(5)]
+    before = dict(engine.stats)
+
+    answers = dict(engine.generate([runs[0], other, *runs[1:]], 0.2, MAX_TOKENS))
+
+    assert sorted(answers) == list(range(6))
+    for answer in answers.values():
+        assert parse_answer(answer.text, ["no", "yes"]).valid, answer.text
+    prompts = [engine.renderer.render(request.messages).tokens for request in (first, other)]
+    prefix = shared_prefix_length(prompts)
+    # The engine has 3 slots. The first run decodes the prompt, the next two follow it, and the last
+    # two start from the parked copy when slots free: each prompt is decoded once.
+    assert engine.stats["shared_prompts"] - before["shared_prompts"] == 4
+    assert engine.stats["prompt_tokens"] - before["prompt_tokens"] == sum(len(p) - prefix for p in prompts)
+    assert answers[0].prompt_tokens == answers[5].prompt_tokens == len(prompts[0])
+
+
+@pytest.mark.slow
+def test_a_follower_with_the_leaders_seed_samples_the_same_answer(engine, cola_dir):
+    """A follower starts from a copy of the leader's cells, so with the same seed it gives the same text."""
+    request = _generation_requests(cola_dir, "Make sense yes no", 30, 1)[0]
+    answers = dict(engine.generate([request, request], 0.7, MAX_TOKENS))
+    assert answers[0].text == answers[1].text
+    assert answers[0].completion_tokens == answers[1].completion_tokens > 0
+
+
+@pytest.mark.slow
+def test_a_parked_prompt_answers_as_chat_completion_does(smollm2_path, cola_dir):
+    """With one slot, the second run of an example starts from the parked prompt and its logits,
+    and still gives exactly create_chat_completion's answer for its seed."""
+    request = _generation_requests(cola_dir, "Make sense yes no", 40, 1)[0]
+    runs = [GenerationRequest(request.messages, request.seed + run, request.grammar) for run in range(2)]
+    single = BatchedLlama(smollm2_path, 2048, None, None, parallel=1)
+    sequential = LlamaCppGenerator(smollm2_path, 2048, None, None)
+    try:
+        batched = dict(single.generate(runs, 0.7, MAX_TOKENS))
+        assert single.stats["shared_prompts"] == 1
+        for i, run in enumerate(runs):
+            reference = sequential.generate(run.messages, 0.7, run.seed, MAX_TOKENS, run.grammar)
+            assert (batched[i].text, batched[i].completion_tokens) == (reference.text, reference.completion_tokens)
+    finally:
+        single.close()
+        sequential.close()
+
+
+@pytest.mark.slow
+def test_parked_runs_that_end_at_once(smollm2_path, cola_dir):
+    """With max_tokens 1, the runs that start from the parked prompt end at their first token,
+    and generation stops once the last of them has ended."""
+    request = _generation_requests(cola_dir, "Make sense yes no", 50, 1)[0]
+    runs = [GenerationRequest(request.messages, request.seed + run, None) for run in range(3)]
+    single = BatchedLlama(smollm2_path, 2048, None, None, parallel=1)
+    try:
+        answers = dict(single.generate(runs, 0.7, 1))
+        assert sorted(answers) == [0, 1, 2]
+        assert [answers[i].completion_tokens for i in range(3)] == [1, 1, 1]
+        assert single.stats["shared_prompts"] == 2
+    finally:
+        single.close()
 
 
 @pytest.mark.slow

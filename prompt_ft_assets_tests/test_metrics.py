@@ -68,6 +68,18 @@ def test_flags_near_chance_run():
     assert flags.mcc_ci_low < 0 < flags.mcc_ci_high
 
 
+def test_flags_inverted_run_below_chance():
+    rng = np.random.default_rng(4)
+    y_true = rng.integers(0, 2, 300)
+    y_pred = np.where(rng.random(300) < 0.8, 1 - y_true, y_true)  # mostly the wrong class
+    flags = degenerate_run_flags(y_true, y_pred, 2)
+    assert flags.below_chance
+    assert not flags.near_chance
+    assert flags.mcc_ci_high < 0
+    assert flags.labels == "below_chance"
+    assert flags.columns()["flag_below_chance"] is True
+
+
 def test_flags_good_run_unflagged():
     rng = np.random.default_rng(3)
     y_true = rng.integers(0, 2, 300)

@@ -1,4 +1,5 @@
-"""Eight partitions materialized at once by separate processes while a reader holds the store open."""
+"""Eight partitions materialized at once by separate processes while a reader holds the store open,
+with the eight runs sharing their prompts through the run group's lock."""
 
 import os
 import subprocess
@@ -90,4 +91,8 @@ def test_eight_partitions_with_open_reader(tmp_path):
     assert len(predictions) == RUNS * EVAL_LIMIT
     assert predictions.groupby("run").size().to_dict() == {run: EVAL_LIMIT for run in range(RUNS)}
     assert len(store.read_table("prompt_run_metrics")) == RUNS
+    # prompting.share_runs: the partition that took the run group's lock first answered all runs,
+    # and the seven that waited for it read their answers from the cache; nothing was answered twice.
+    assert len(store.read_table("prediction_cache")) == RUNS * EVAL_LIMIT
+    assert int((~predictions.groupby("run")["from_cache"].all()).sum()) == 1
 

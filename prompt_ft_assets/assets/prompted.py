@@ -87,6 +87,7 @@ def prompt_predictions(
     frame = run_prompt_partition(
         spec, config, model, template, prompt_run.run, examples, store, context.partition_key, context.log.info,
         method=prompt_run.method, shots=shots, temperature=prompt_run.temperature, answer_format=prompt_run.answer_format,
+        sibling_runs=range(spec.prompting.runs) if spec.prompting.share_runs else (),
     )
     path = store.write(PREDICTIONS_TABLE, context.partition_key, frame)
     valid_rate = float(frame["valid"].mean())
