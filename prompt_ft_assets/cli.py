@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .hub_policy import apply_hub_policy
 from .paths import EXPERIMENT_VARIABLE, figures_dir, project_root, reports_dir, tables_dir, views_database
 
 logger = logging.getLogger("prompt_ft_assets.cli")
@@ -147,26 +148,6 @@ def _open_ui(port: int, host: str) -> int:
     return 0  # not reached
 
 
-OFFLINE_VARIABLE = "HF_HUB_OFFLINE"
-
-
-def apply_hub_policy(spec) -> bool:
-    """Set HF_HUB_OFFLINE=1 in this process unless the spec names a hub source or the variable is set.
-
-    huggingface_hub, transformers and datasets then make no network request for a spec whose data
-    and models are all local. Returns whether offline mode was set here.
-    """
-    from .spec import hub_sources
-
-    if OFFLINE_VARIABLE in os.environ:
-        return False
-    sources = hub_sources(spec)
-    if sources:
-        logger.info("the spec reads from the Hugging Face hub (%s), so hub access stays on", "; ".join(sources))
-        return False
-    os.environ[OFFLINE_VARIABLE] = "1"
-    logger.info("the spec names no hub source, so %s=1 is set and nothing is downloaded", OFFLINE_VARIABLE)
-    return True
 
 
 def build_parser() -> argparse.ArgumentParser:

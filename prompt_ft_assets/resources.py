@@ -13,6 +13,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from .paths import default_experiment, results_root, views_database
+from .hub_policy import apply_hub_policy
 from .spec import ExperimentSpec, load_spec
 from .store import ResultsStore
 
@@ -28,7 +29,11 @@ class ExperimentResource(ConfigurableResource):
     )
 
     def load(self) -> ExperimentSpec:
-        return load_spec(self.spec_path or default_experiment())
+        """Load the spec and apply its hub policy in this process (hub_policy.py), so a run started
+        from the UI is offline when the spec names no hub source, as `prompt-ft run` is."""
+        spec = load_spec(self.spec_path or default_experiment())
+        apply_hub_policy(spec)
+        return spec
 
 
 class ResultsStoreResource(ConfigurableResource):

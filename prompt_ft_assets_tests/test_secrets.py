@@ -18,8 +18,10 @@ import yaml
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
-from prompt_ft_assets.cli import OFFLINE_VARIABLE, apply_hub_policy, build_parser
+from prompt_ft_assets.cli import build_parser
+from prompt_ft_assets.hub_policy import OFFLINE_VARIABLE, apply_hub_policy
 from prompt_ft_assets.instance_home import prepare_dagster_home
+from prompt_ft_assets.resources import ExperimentResource
 from prompt_ft_assets.spec import hub_sources, load_spec
 
 from .conftest import PROJECT_ROOT
@@ -126,6 +128,16 @@ def test_hub_policy_sets_offline_only_for_local_specs(tmp_path, monkeypatch):
     monkeypatch.setenv(OFFLINE_VARIABLE, "0")
     assert apply_hub_policy(load_spec(_local_spec(tmp_path, [SMOLLM2]))) is False
     assert os.environ[OFFLINE_VARIABLE] == "0"
+
+
+def test_experiment_resource_applies_the_hub_policy(tmp_path, monkeypatch):
+    """A run launched by the UI's daemon loads the spec through the resource, not through the CLI."""
+    monkeypatch.delenv(OFFLINE_VARIABLE, raising=False)
+    ExperimentResource(spec_path=str(_local_spec(tmp_path, [SMOLLM2, HUB_MODEL]))).load()
+    assert OFFLINE_VARIABLE not in os.environ
+
+    ExperimentResource(spec_path=str(_local_spec(tmp_path, [SMOLLM2]))).load()
+    assert os.environ[OFFLINE_VARIABLE] == "1"
 
 
 def _run_audited(folder: Path, spec_path: Path, env_changes: dict[str, str], *stages: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
