@@ -294,7 +294,7 @@ def run_prompt_partition(
         group = f"{dataset.id}|{model.name}|{template.slug}|{temperature}|{answer_layout.name}"
         # A sibling partition that computed this run's answers while this one waited leaves
         # nothing to do, so the cache is read again under the lock.
-        with store.partition_lock("prompt_run_group", group, wait=True):
+        with store.partition_lock("prompt_run_group", group, wait=True, on_wait=log):
             missing = _uncached(pending, read_cached_answers(store, plan.model_sha256, keys))
             if missing:
                 others = [item for sibling in siblings for item in _pending_examples(

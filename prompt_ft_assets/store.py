@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 import duckdb
 import fsspec
@@ -234,12 +234,15 @@ class ResultsStore:
         return target
 
     @contextlib.contextmanager
-    def partition_lock(self, name: str, key: str, wait: bool = False) -> Iterator[Path]:
+    def partition_lock(
+        self, name: str, key: str, wait: bool = False, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[Path]:
         """Hold an exclusive advisory lock on one partition of an asset while the block runs.
 
         A second process that asks for the same lock gets a StoreError at once, naming the
-        process that holds it, or with wait=True blocks until the holder releases it. The kernel
-        drops the lock when its holder exits, so a killed run never leaves a stale lock behind.
+        process that holds it. With wait=True it blocks until the holder releases the lock, after
+        passing on_wait a message that names the holder. The kernel drops the lock when its holder
+        exits, so a killed run never leaves a stale lock behind.
         """
         path = self._locks_dir() / name / (partition_file_name(key).removesuffix(".parquet") + ".lock")
         try:
@@ -252,14 +255,18 @@ class ResultsStore:
             ) from error
         with handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                raise StoreError(
-                    f"{name} partition {key!r} is already being materialized ({holder}); wait for that run to "
-                    "finish, then materialize the partition again if it failed"
-                ) from None
+                if not wait:
+                    raise StoreError(
+                        f"{name} partition {key!r} is already being materialized ({holder}); wait for that run to "
+                        "finish, then materialize the partition again if it failed"
+                    ) from None
+                if on_wait is not None:
+                    on_wait(f"waiting for the {name} lock of {key!r}, held by {holder}")
+                fcntl.flock(handle, fcntl.LOCK_EX)
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")

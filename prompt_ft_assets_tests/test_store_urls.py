@@ -1,5 +1,6 @@
 """The results store behind fsspec URLs: memory:// for a non-local root, file:// and plain folders for local ones."""
 
+import threading
 import uuid
 from pathlib import Path
 
@@ -205,6 +206,34 @@ def test_partition_lock_on_memory_store(memory_url):
                 pass
     with store.partition_lock("prompt_predictions", "glue_cola|r0"):
         pass
+
+
+def test_waiting_lock_names_holder_then_acquires(tmp_path):
+    """A run-group lock taken with wait=True reports who holds it, then blocks until it is free."""
+    store = ResultsStore(tmp_path / "results")
+    held, release, events = threading.Event(), threading.Event(), []
+
+    def holder():
+        with store.partition_lock("prompt_run_group", "glue_cola|smollm2"):
+            held.set()
+            release.wait(timeout=30)
+            events.append("released")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert held.wait(timeout=30)
+    def on_wait(message: str) -> None:
+        # The holder releases the lock only after the waiter has reported that it is waiting.
+        events.append(message)
+        release.set()
+
+    with store.partition_lock("prompt_run_group", "glue_cola|smollm2", wait=True, on_wait=on_wait):
+        events.append("acquired")
+    thread.join(timeout=30)
+
+    assert len(events) == 3
+    assert events[0].startswith("waiting for the prompt_run_group lock of 'glue_cola|smollm2', held by pid ")
+    assert events[1:] == ["released", "acquired"]
 
 
 def test_file_url_writes_local_files(tmp_path):
