@@ -3,9 +3,9 @@
     python -m benchmarks.finetuning --json /tmp/finetuning.json
 
 Both sides train the packaged MiniLM-L6 for one epoch on CoLA's train split (8551 sentences) on
-the CPU and then classify the 1043 validation sentences. They share the hyperparameters: lr 2e-5,
-batch 16, weight decay 0.01, a linear schedule without warmup, gradient clipping at 1.0, fused
-AdamW and seed 0. The baseline follows run_glue's defaults: every sentence padded to max_seq_length 128,
+the CPU and then classify the 1043 validation sentences. They share the hyperparameters: lr 2e-5
+(--learning-rate), 1 epoch (--epochs), batch 16, weight decay 0.01, a linear schedule without
+warmup, gradient clipping at 1.0, fused AdamW and seed 0. The baseline follows run_glue's defaults: every sentence padded to max_seq_length 128,
 shuffled batches, evaluation batch size 8. The product's path is finetune.train_and_predict:
 dynamic padding, length-grouped batches and length-sorted inference under torch.inference_mode.
 
@@ -40,9 +40,8 @@ logger = logging.getLogger("benchmarks.finetuning")
 COLA_COLUMNS = ["source", "label", "original_star", "sentence"]
 SEED = 0
 # run_glue's defaults for the baseline; the product uses the same hyperparameters.
-SETTINGS = FinetuneSettings(
-    num_epochs=1, learning_rate=2e-5, batch_size=16, weight_decay=0.01, warmup_ratio=0.0, max_length=128
-)
+DEFAULT_LEARNING_RATE = 2e-5
+DEFAULT_EPOCHS = 1
 BASELINE_EVAL_BATCH_SIZE = 8
 
 
@@ -89,10 +88,16 @@ def scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float | lis
     }
 
 
-def run_product(path: str, data: dict[str, list]) -> dict[str, object]:
+def benchmark_settings(learning_rate: float, epochs: int) -> FinetuneSettings:
+    """Return the hyperparameters both sides share."""
+    return FinetuneSettings(num_epochs=epochs, learning_rate=learning_rate, batch_size=16, weight_decay=0.01,
+                            warmup_ratio=0.0, max_length=128)
+
+
+def run_product(path: str, data: dict[str, list], settings: FinetuneSettings) -> dict[str, object]:
     result = train_and_predict(
         path, [(text,) for text in data["train_texts"]], data["train_labels"], [(text,) for text in data["eval_texts"]],
-        2, SETTINGS, SEED, None, encoder="minilm-l6", latency_examples=0, measure_checkpoint=False, device="cpu",
+        2, settings, SEED, None, encoder="minilm-l6", latency_examples=0, measure_checkpoint=False, device="cpu",
     )
     return {
         "train_eps": result.train_examples_per_second,
@@ -104,7 +109,7 @@ def run_product(path: str, data: dict[str, list]) -> dict[str, object]:
     }
 
 
-def run_baseline(path: str, data: dict[str, list]) -> dict[str, object]:
+def run_baseline(path: str, data: dict[str, list], settings: FinetuneSettings) -> dict[str, object]:
     """Train and predict with a transformers Trainer on run_glue's defaults: padding to max_length, shuffled batches."""
     from datasets import Dataset
     from transformers import (
@@ -121,7 +126,7 @@ def run_baseline(path: str, data: dict[str, list]) -> dict[str, object]:
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
 
     def encode(texts: list[str], labels) -> Dataset:
-        encoded = tokenizer(texts, padding="max_length", max_length=SETTINGS.max_length, truncation=True)
+        encoded = tokenizer(texts, padding="max_length", max_length=settings.max_length, truncation=True)
         return Dataset.from_dict({**encoded, "labels": list(map(int, labels))})
 
     train = encode(data["train_texts"], data["train_labels"])
@@ -129,11 +134,11 @@ def run_baseline(path: str, data: dict[str, list]) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="trainer-baseline-") as output:
         arguments = TrainingArguments(
             output_dir=output,
-            learning_rate=SETTINGS.learning_rate,
-            per_device_train_batch_size=SETTINGS.batch_size,
+            learning_rate=settings.learning_rate,
+            per_device_train_batch_size=settings.batch_size,
             per_device_eval_batch_size=BASELINE_EVAL_BATCH_SIZE,
-            weight_decay=SETTINGS.weight_decay,
-            num_train_epochs=SETTINGS.num_epochs,
+            weight_decay=settings.weight_decay,
+            num_train_epochs=settings.num_epochs,
             seed=SEED,
             use_cpu=True,
             save_strategy="no",
@@ -151,7 +156,7 @@ def run_baseline(path: str, data: dict[str, list]) -> dict[str, object]:
         infer_seconds = time.perf_counter() - started
     predictions = np.asarray(output_logits).argmax(axis=1)
     return {
-        "train_eps": len(train) * SETTINGS.num_epochs / train_seconds,
+        "train_eps": len(train) * settings.num_epochs / train_seconds,
         "train_seconds": train_seconds,
         "infer_eps": len(evaluation) / infer_seconds,
         "infer_seconds": infer_seconds,
@@ -179,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="folder holding glue_cola (default: see above)")
     parser.add_argument("--train-limit", type=int, default=None, help="use the first N train rows (default: all 8551)")
     parser.add_argument("--eval-limit", type=int, default=None, help="use the first N validation rows (default: all 1043)")
+    parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
+                        help=f"learning rate of both sides (default {DEFAULT_LEARNING_RATE})")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="torch threads for both sides (default: torch's default, one per core); use 1 on a loaded machine",
@@ -195,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     data = load_cola(args.data or default_data_dir(), args.train_limit, args.eval_limit)
     path = minilm_path()
     logger.info("product path: %d train and %d validation sentences", len(data["train_texts"]), len(data["eval_texts"]))
-    product = run_product(path, data)
+    settings = benchmark_settings(args.learning_rate, args.epochs)
+    product = run_product(path, data, settings)
     logger.info("product: %s", product)
     logger.info("baseline Trainer")
-    baseline = run_baseline(path, data)
+    baseline = run_baseline(path, data, settings)
     logger.info("baseline: %s", baseline)
 
     results = {
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": baseline,
         "train_examples": len(data["train_texts"]),
         "eval_examples": len(data["eval_texts"]),
-        "settings": SETTINGS.model_dump(include={"num_epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "max_length"}),
+        "settings": settings.model_dump(include={"num_epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "max_length"}),
         "hardware": hardware(),
         # Load averages (1, 5, 15 minutes) before and after: other processes on a shared machine slow both sides.
         "load_average_before": load_before,
