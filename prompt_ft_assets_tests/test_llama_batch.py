@@ -213,7 +213,7 @@ def test_runs_of_one_prompt_decode_it_once(engine, cola_dir):
 
 
 @pytest.mark.slow
-def test_a_follower_with_the_leaders_seed_samples_the_same_answer(engine, cola_dir):
+def test_follower_with_leader_seed_matches(engine, cola_dir):
     """A follower starts from a copy of the leader's cells, so with the same seed it gives the same text."""
     request = _generation_requests(cola_dir, "Make sense yes no", 30, 1)[0]
     answers = dict(engine.generate([request, request], 0.7, MAX_TOKENS))
@@ -222,7 +222,7 @@ def test_a_follower_with_the_leaders_seed_samples_the_same_answer(engine, cola_d
 
 
 @pytest.mark.slow
-def test_a_parked_prompt_answers_as_chat_completion_does(smollm2_path, cola_dir):
+def test_parked_prompt_matches_chat_completion(smollm2_path, cola_dir):
     """With one slot, the second run of an example starts from the parked prompt and its logits,
     and still gives exactly create_chat_completion's answer for its seed."""
     request = _generation_requests(cola_dir, "Make sense yes no", 40, 1)[0]

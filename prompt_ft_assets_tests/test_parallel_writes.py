@@ -91,8 +91,8 @@ def test_eight_partitions_with_open_reader(tmp_path):
     assert len(predictions) == RUNS * EVAL_LIMIT
     assert predictions.groupby("run").size().to_dict() == {run: EVAL_LIMIT for run in range(RUNS)}
     assert len(store.read_table("prompt_run_metrics")) == RUNS
-    # prompting.share_runs: the partition that took the run group's lock first answered all runs,
-    # and the seven that waited for it read their answers from the cache; nothing was answered twice.
+    # With prompting.share_runs, the partition that took the run group's lock first computed all runs.
+    # The seven that waited read the cache, so no run was computed twice.
     assert len(store.read_table("prediction_cache")) == RUNS * EVAL_LIMIT
     assert int((~predictions.groupby("run")["from_cache"].all()).sum()) == 1
 
